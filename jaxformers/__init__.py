@@ -1,0 +1,56 @@
+"""jaxformers: Hugging Face models as pure Flax NNX modules, JAX-first.
+
+    import jaxformers as jf
+    tok = jf.AutoTokenizer.from_pretrained(path)
+    model = jf.AutoModel.from_pretrained(path)
+    out = model(**tok(["a sentence"], padding=True))
+"""
+
+from jaxformers.auto import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
+from jaxformers.core.functional import pure
+from jaxformers.core.options import Options
+from jaxformers.core.sharding import DP, FSDP, FSDP_TP, REPLICATED, TP, use_mesh
+from jaxformers.loading import load, save_checkpoint, save_pretrained
+
+
+def __getattr__(name):
+    # Lazy: tokenization pulls in `tokenizers` and jinja2, generation is large; import on first use.
+    if name == "AutoTokenizer":
+        from jaxformers.tokenization import AutoTokenizer
+
+        return AutoTokenizer
+    if name == "generate":
+        from jaxformers.generation import generate
+
+        return generate
+    raise AttributeError(f"module 'jaxformers' has no attribute {name!r}")
+
+
+__all__ = [
+    "AutoModel",
+    "AutoModelForCausalLM",
+    "AutoModelForMaskedLM",
+    "AutoModelForQuestionAnswering",
+    "AutoModelForSequenceClassification",
+    "AutoModelForTokenClassification",
+    "AutoTokenizer",
+    "DP",
+    "FSDP",
+    "FSDP_TP",
+    "Options",
+    "REPLICATED",
+    "TP",
+    "generate",
+    "load",
+    "pure",
+    "save_checkpoint",
+    "save_pretrained",
+    "use_mesh",
+]

@@ -1,0 +1,169 @@
+"""Thin NNX layers that require logical axis names on every parameter, and the stacked-layer container.
+
+Numerics follow PyTorch/HF: LayerNorm and RMSNorm compute in float32 and cast back; `Dense` kernels are stored
+`[in..., out...]` (the transpose of torch's Linear weight), so head-shaped projections are plain reshapes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxformers.core.options import Options
+
+Axes = tuple[str | None, ...]
+
+
+def param(rngs: nnx.Rngs | None, init, shape: Sequence[int], dtype, axes: Axes) -> nnx.Param:
+    """A Param with logical `axes` metadata (one name per dimension)."""
+    if len(axes) != len(shape):
+        raise ValueError(f"parameter of shape {tuple(shape)} needs {len(shape)} axis names, got {axes}")
+    return nnx.Param(init(rngs.params() if rngs is not None else None, tuple(shape), dtype), axes=tuple(axes))
+
+
+def normal(stddev: float = 0.02):
+    return lambda key, shape, dtype: stddev * jax.random.normal(key, shape, dtype)
+
+
+def zeros(key, shape, dtype):
+    return jnp.zeros(shape, dtype)
+
+
+def ones(key, shape, dtype):
+    return jnp.ones(shape, dtype)
+
+
+def _tuple(x) -> tuple[int, ...]:
+    return (x,) if isinstance(x, int) else tuple(x)
+
+
+class Dense(nnx.Module):
+    """`y = x @ W + b` contracting the last `len(in_shape)` dims of x; kernel `[*in_shape, *out_shape]`."""
+
+    def __init__(
+        self,
+        in_shape,
+        out_shape,
+        *,
+        axes: Axes,
+        use_bias: bool = True,
+        opts: Options,
+        rngs: nnx.Rngs,
+        stddev: float = 0.02,
+    ):
+        self.in_shape, self.out_shape = _tuple(in_shape), _tuple(out_shape)
+        self.dtype = opts.compute_dtype
+        self.kernel = param(rngs, normal(stddev), self.in_shape + self.out_shape, opts.param_dtype, axes)
+        n_in = len(self.in_shape)
+        self.bias = param(rngs, zeros, self.out_shape, opts.param_dtype, axes[n_in:]) if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n_in = len(self.in_shape)
+        batch = x.shape[: x.ndim - n_in]
+        k = self.kernel[...].astype(self.dtype)
+        y = jnp.dot(x.astype(self.dtype).reshape(-1, math.prod(self.in_shape)), k.reshape(-1, math.prod(self.out_shape)))
+        y = y.reshape(batch + self.out_shape)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class Embed(nnx.Module):
+    """Token/position embedding table `[num, features]`; `attend` gives tied output logits."""
+
+    def __init__(self, num: int, features: int, *, axes: Axes = ("vocab", "embed"), opts: Options, rngs: nnx.Rngs):
+        self.dtype = opts.compute_dtype
+        self.embedding = param(rngs, normal(0.02), (num, features), opts.param_dtype, axes)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        return jnp.dot(x.astype(self.dtype), self.embedding[...].astype(self.dtype).T)
+
+
+class LayerNorm(nnx.Module):
+    def __init__(self, features: int, *, eps: float, use_bias: bool = True, opts: Options, rngs: nnx.Rngs):
+        self.eps = eps
+        self.scale = param(rngs, ones, (features,), opts.param_dtype, ("embed",))
+        self.bias = param(rngs, zeros, (features,), opts.param_dtype, ("embed",)) if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        mean = xf.mean(-1, keepdims=True)
+        var = jnp.square(xf - mean).mean(-1, keepdims=True)
+        y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...].astype(jnp.float32)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(jnp.float32)
+        return y.astype(x.dtype)
+
+
+class RMSNorm(nnx.Module):
+    """Llama RMSNorm (`w * x_normed.to(dtype)`) or, with `unit_offset`, Gemma's `(1 + w) * x_normed` in float32."""
+
+    def __init__(self, features: int, *, eps: float, unit_offset: bool = False, opts: Options, rngs: nnx.Rngs):
+        self.eps, self.unit_offset = eps, unit_offset
+        self.scale = param(rngs, zeros if unit_offset else ones, (features,), opts.param_dtype, ("embed",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        normed = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), -1, keepdims=True) + self.eps)
+        if self.unit_offset:  # Gemma: multiply in float32, then cast (HF GemmaRMSNorm)
+            return (normed * (1.0 + self.scale[...].astype(jnp.float32))).astype(x.dtype)
+        return self.scale[...].astype(x.dtype) * normed.astype(x.dtype)  # Llama: cast, then multiply
+
+
+ACTIVATIONS: dict[str, Callable] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+def activation(name: str) -> Callable:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unsupported activation {name!r}; supported: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+class Stacked(nnx.Module):
+    """`n` identical layers stored as one module whose parameters have a leading `layers` axis.
+
+    `scan(fn, carry, xs)` runs them with `jax.lax.scan` (compile time flat in depth); `layer(i)` returns layer i as
+    an ordinary module (slices of the stacked arrays) for unrolled execution. Nothing is mutated.
+    """
+
+    def __init__(self, make: Callable[[nnx.Rngs], nnx.Module], n: int, *, rngs: nnx.Rngs):
+        layers = [make(rngs) for _ in range(n)]
+        graphdef, first = nnx.split(layers[0])
+        states = [first] + [nnx.split(layer)[1] for layer in layers[1:]]
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+        for _, v in nnx.to_flat_state(stacked):
+            v.set_metadata(axes=("layers",) + tuple(v.get_metadata()["axes"]))
+        self.n = n
+        self.block = nnx.merge(graphdef, stacked)
+
+    def layer(self, i: int) -> nnx.Module:
+        graphdef, state = nnx.split(self.block)
+        return nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state))
+
+    def scan(self, fn: Callable, carry, xs=None, *, remat: bool = False):
+        """`fn(layer, carry, x) -> (carry, y)` over the layers, with per-layer `xs` (e.g. a KV cache slice)."""
+        graphdef, state = nnx.split(self.block)
+
+        def body(c, inp):
+            st, x = inp
+            return fn(nnx.merge(graphdef, st), c, x)
+
+        if remat:
+            body = jax.checkpoint(body)
+        return jax.lax.scan(body, carry, (state, xs))

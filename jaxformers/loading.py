@@ -1,0 +1,246 @@
+"""The one loading path: `load()` (HF directory, hub repo id, GGUF file or Orbax checkpoint) and the savers.
+
+Steps: resolve files -> read config -> choose the model class -> build the model abstractly (`nnx.eval_shape`, no
+random init of real weights) -> plan the conversion (totality + shapes, all errors at once) -> stream each tensor onto
+its target sharding -> merge. Auto classes and `Model.from_pretrained` are façades over this function.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxformers import hub, models
+from jaxformers.convert import engine, orbax_io
+from jaxformers.convert.safetensors_io import (
+    SAFE_INDEX,
+    SAFE_SINGLE,
+    TORCH_INDEX,
+    TORCH_SINGLE,
+    open_checkpoint,
+    save_safetensors,
+)
+from jaxformers.core import sharding as shd
+from jaxformers.core.options import Options
+
+log = logging.getLogger("jaxformers")
+
+
+def load(
+    name_or_path,
+    *,
+    model_class=None,
+    task: str | None = None,
+    dtype=None,
+    param_dtype=None,
+    options: Options | None = None,
+    mesh=None,
+    rules=None,
+    allow_pickle: bool = False,
+    gguf_file: str | None = None,
+    **kwargs,
+):
+    """Load a model.
+
+    Args:
+      name_or_path: local HF directory, jaxformers Orbax checkpoint directory, or hub repo id.
+      model_class / task: which class to build (e.g. `BertForMaskedLM` or "masked-lm"); default: the checkpoint's
+        `architectures[0]`, else the base model.
+      dtype / param_dtype / options: compute dtype, storage dtype, or a full `Options`.
+      mesh / rules: place every parameter directly on its `NamedSharding` (rules: preset name or tuple; FSDP if a
+        mesh is given without rules).
+      allow_pickle: permit pickled `pytorch_model.bin` (read with `torch.load(weights_only=True)`).
+      gguf_file: a GGUF file name inside `name_or_path` (Llama family).
+      revision, cache_dir, local_files_only, token: hub options.
+    """
+    hub_opts = hub.HubOptions.pop_from(kwargs)
+    if kwargs:
+        raise TypeError(f"load() got unexpected keyword arguments {sorted(kwargs)}")
+    options = options or Options()
+    if dtype is not None:
+        options = options.replace(dtype=dtype)
+    if param_dtype is not None:
+        options = options.replace(param_dtype=param_dtype)
+    if mesh is not None:
+        rules = shd.resolve_rules(shd.FSDP if rules is None else rules, mesh)
+
+    if hub.is_local(name_or_path) and orbax_io.is_checkpoint(name_or_path):
+        return _load_orbax(Path(name_or_path), model_class, task, options, mesh, rules)
+
+    if gguf_file is not None:
+        from jaxformers.convert import gguf
+
+        path = hub.resolve_file(name_or_path, gguf_file, hub_opts)
+        config, source = gguf.config_from_gguf(path), gguf.GGUFSource(path)
+    else:
+        config = _read_json(hub.resolve_file(name_or_path, "config.json", hub_opts))
+        source = _weights_source(name_or_path, hub_opts, allow_pickle)
+    try:
+        cls = _choose_class(config, model_class, task)
+        cfg = cls.config_class.from_hf(config)
+        return _build(cls, cfg, source, options, mesh, rules)
+    finally:
+        source.close()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+
+
+def _weights_source(name_or_path, hub_opts: hub.HubOptions, allow_pickle: bool):
+    index = hub.resolve_file(name_or_path, SAFE_INDEX, hub_opts, required=False)
+    if index is not None:
+        for shard in sorted(set(_read_json(index)["weight_map"].values())):
+            hub.resolve_file(name_or_path, shard, hub_opts)
+        return open_checkpoint(index.parent)
+    single = hub.resolve_file(name_or_path, SAFE_SINGLE, hub_opts, required=False)
+    if single is not None:
+        return open_checkpoint(single.parent)
+    if hub.is_local(name_or_path):
+        return open_checkpoint(Path(name_or_path).expanduser(), allow_pickle=allow_pickle)
+    if not allow_pickle:
+        raise FileNotFoundError(
+            f"{name_or_path} has no safetensors weights ({SAFE_SINGLE} / {SAFE_INDEX}). If it only has "
+            "pytorch_model.bin, pass allow_pickle=True (pickle files can run code; prefer safetensors)."
+        )
+    path = hub.first_existing(name_or_path, [TORCH_INDEX, TORCH_SINGLE], hub_opts)
+    if path is None:
+        raise FileNotFoundError(f"{name_or_path} has no weights (safetensors or pytorch_model.bin)")
+    if path.name == TORCH_INDEX:
+        for shard in sorted(set(_read_json(path)["weight_map"].values())):
+            hub.resolve_file(name_or_path, shard, hub_opts)
+    return open_checkpoint(path.parent, allow_pickle=True)
+
+
+def _choose_class(config: dict, model_class, task):
+    model_type = config.get("model_type")
+    if model_type is None:
+        raise ValueError("config.json has no 'model_type'; cannot tell which architecture this checkpoint is")
+    module = models.architecture(model_type)
+    if model_class is not None:
+        if model_class.config_class is not models.config_class(model_type):
+            raise ValueError(
+                f"checkpoint is a {model_type!r} model but {model_class.__name__} was requested; "
+                f"use the Auto classes or a {model_type} class"
+            )
+        return model_class
+    if task is not None:
+        return models.model_class(model_type, task)
+    tasks = module.tasks_for(model_type) if hasattr(module, "tasks_for") else module.TASKS
+    for arch in config.get("architectures") or ():
+        for cls in tasks.values():
+            if getattr(cls, "hf_architecture", None) == arch or cls.__name__ == arch:
+                return cls
+    return tasks["base"]
+
+
+def abstract_model(cls, cfg, options: Options):
+    return nnx.eval_shape(lambda: cls(cfg, options=options, rngs=nnx.Rngs(0)))
+
+
+def _targets(abs_state, mesh, rules) -> dict[str, engine.Target]:
+    out = {}
+    for path, var in nnx.to_flat_state(abs_state):
+        key = ".".join(str(p) for p in path)
+        axes = var.get_metadata().get("axes")
+        if axes is None:
+            raise ValueError(f"parameter {key} has no logical axis names (model bug)")
+        sharding = shd.named_sharding(axes, mesh, rules, var.shape) if mesh is not None else None
+        out[key] = engine.Target(key, tuple(var.shape), var.dtype, sharding)
+    return out
+
+
+def _build(cls, cfg, source, options: Options, mesh, rules):
+    graphdef, abs_state = nnx.split(abstract_model(cls, cfg, options))
+    targets = _targets(abs_state, mesh, rules)
+    plan = engine.plan_load(cls.hf_weights, cfg, targets, source, base_prefix=cls.base_attr, hf_prefix=cls.hf_prefix)
+    if plan.missing_head:
+        log.warning(
+            "%s: newly initialised (not in the checkpoint, train before use): %s",
+            cls.__name__,
+            ", ".join(plan.missing_head),
+        )
+    key = jax.random.key(0)
+    flat = []
+    for path, var in nnx.to_flat_state(abs_state):
+        name = ".".join(str(p) for p in path)
+        tgt = targets[name]
+        if name in plan.sources:
+            value = engine.build_param(plan, name, tgt, source, cfg)
+        else:
+            key, sub = jax.random.split(key)
+            value = _init_head_param(name, tgt, sub)
+        flat.append((path, var.replace(value=value)))
+    model = nnx.merge(graphdef, nnx.from_flat_state(flat))
+    return model
+
+
+def _init_head_param(name: str, tgt: engine.Target, key) -> jax.Array:
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf == "scale":
+        value = jnp.ones(tgt.shape, tgt.dtype)
+    elif leaf == "bias":
+        value = jnp.zeros(tgt.shape, tgt.dtype)
+    else:
+        value = 0.02 * jax.random.normal(key, tgt.shape, tgt.dtype)
+    return jax.device_put(value, tgt.sharding) if tgt.sharding is not None else value
+
+
+def model_params(model) -> dict[str, jax.Array]:
+    """Flat `{dotted.path: array}` of a model's parameters."""
+    return {".".join(str(p) for p in path): var[...] for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def save_pretrained(model, directory) -> None:
+    """HF layout: config.json + model.safetensors, written so that `transformers` loads it unchanged."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    params = {k: np.asarray(jax.device_get(v)) for k, v in model_params(model).items()}
+    tensors = engine.export(
+        model.hf_weights, model.config, params, base_prefix=model.base_attr, hf_prefix=model.hf_prefix
+    )
+    config = model.config.to_hf()
+    config["architectures"] = [model.hf_architecture]
+    dtypes = {str(v.dtype) for v in params.values()}
+    config["torch_dtype"] = dtypes.pop() if len(dtypes) == 1 else "float32"
+    save_safetensors(tensors, directory / SAFE_SINGLE)
+    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+def save_checkpoint(model, directory) -> Path:
+    """Orbax checkpoint (sharded arrays stay sharded; every host writes its own shards); atomic."""
+    state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    config = model.config.to_hf()
+    meta = {"model_type": model.config.model_type, "architecture": model.hf_architecture}
+    return orbax_io.save(state, config, meta, directory)
+
+
+def _load_orbax(directory: Path, model_class, task, options: Options, mesh, rules):
+    meta, config = orbax_io.read_meta(directory)
+    config.setdefault("architectures", [meta["architecture"]])
+    cls = _choose_class(config, model_class, task)
+    cfg = cls.config_class.from_hf(config)
+    graphdef, abs_state = nnx.split(abstract_model(cls, cfg, options))
+    targets = _targets(abs_state, mesh, rules)
+    abstract = {}
+    for path, var in nnx.to_flat_state(abs_state):
+        tgt = targets[".".join(str(p) for p in path)]
+        node = abstract
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = jax.ShapeDtypeStruct(tgt.shape, tgt.dtype, sharding=tgt.sharding)
+    try:
+        restored = orbax_io.restore(directory, abstract)
+    except ValueError as e:
+        raise ValueError(f"checkpoint {directory} does not match the {cls.__name__} built from its config: {e}") from e
+    nnx.replace_by_pure_dict(abs_state, restored)
+    return nnx.merge(graphdef, abs_state)
