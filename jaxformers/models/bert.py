@@ -171,9 +171,8 @@ class LMPredictionHead(nnx.Module):
         self.transform_dense = Dense(d, d, axes=("embed", None), opts=opts, rngs=rngs)
         self.transform_LayerNorm = LayerNorm(d, eps=cfg.layer_norm_eps, opts=opts, rngs=rngs)
         self.act = activation(cfg.hidden_act)
-        self.decoder = None
-        if not cfg.tie_word_embeddings:
-            self.decoder = Dense(d, cfg.vocab_size, axes=("embed", "vocab"), use_bias=False, opts=opts, rngs=rngs)
+        untied = not cfg.tie_word_embeddings
+        self.decoder = Dense(d, cfg.vocab_size, axes=("embed", "vocab"), use_bias=False, opts=opts, rngs=rngs) if untied else None
         self.bias = nnx.Param(jnp.zeros((cfg.vocab_size,), opts.param_dtype), axes=("vocab",))
 
     def __call__(self, x, embeddings: Embed):

@@ -1,0 +1,367 @@
+"""The Llama family: Llama 1-3, Mistral, Qwen2 and Gemma (1) as one decoder with per-family switches.
+
+References: arXiv:2302.13971, 2310.06825, 2407.10671, 2403.08295; HF transformers `models/{llama,mistral,qwen2,
+gemma}/modeling_*.py` (5.x). Numerics follow HF: rotate-half RoPE with float32 angles, RMSNorm in float32 (Llama
+casts before the weight multiply, Gemma multiplies `(1 + w)` in float32), Gemma scales embeddings by
+`sqrt(hidden_size)` rounded to the activation dtype. Family differences are data on the config:
+  llama   attention_bias / mlp_bias flags, rope_type default | linear | dynamic | llama3, tied or untied lm_head
+  mistral sliding_window on every layer            qwen2  q/k/v bias, o without; per-layer `layer_types`
+  gemma   embedding scale, (1 + w) RMSNorm, GeLU-tanh MLP, explicit head_dim, tied embeddings
+The decoder takes and returns a `KVCache`; position ids default to "slot minus the row's first real token", so
+left-padded rows get exactly the values they have alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxformers.core import attention as attn
+from jaxformers.core import rope
+from jaxformers.core.cache import KVCache, update_layer
+from jaxformers.core.config import HFConfig, config_class
+from jaxformers.core.layers import Dense, Embed, RMSNorm, Stacked, activation
+from jaxformers.core.modeling import PreTrainedModel, check_input_ids, positions_from_mask
+from jaxformers.core.options import Options
+from jaxformers.core.outputs import BaseModelOutput, CausalLMOutput, SequenceClassifierOutput
+from jaxformers.core.sharding import constrain
+from jaxformers.convert.rules import Rule, SplitAxis, T
+
+ACT_BTD = ("act_batch", "act_seq", "act_embed")
+NO_WINDOW = 2**30  # "no sliding window" as a number, for layers mixed with windowed ones under scan
+
+
+@config_class
+class LlamaConfig(HFConfig):
+    model_type: str = "llama"
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    rope_theta: float | None = None
+    rope_scaling: dict | None = None
+    rope_parameters: dict | None = None
+    sliding_window: int | None = None
+    use_sliding_window: bool | None = None
+    layer_types: list | None = None
+    pad_token_id: int | None = None
+    bos_token_id: int | list | None = None
+    eos_token_id: int | list | None = None
+
+    @classmethod
+    def from_hf(cls, d):
+        d = dict(d)
+        if d.get("model_type") == "gemma":  # older Gemma configs name the MLP activation hidden_activation
+            d["hidden_act"] = d.get("hidden_activation") or d.get("hidden_act", "gelu_pytorch_tanh")
+            if d["hidden_act"] == "gelu":  # HF forces the tanh approximation for Gemma's "gelu"
+                d["hidden_act"] = "gelu_pytorch_tanh"
+            d.setdefault("tie_word_embeddings", True)
+        return super().from_hf(d)
+
+    def validate(self):
+        if self.model_type not in ("llama", "mistral", "qwen2", "gemma"):
+            raise ValueError(f"LlamaConfig does not cover model_type {self.model_type!r}")
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
+                f"({self.num_attention_heads}); set head_dim explicitly in config.json"
+            )
+        if self.num_attention_heads % self.kv_heads:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of num_key_value_heads "
+                f"({self.kv_heads})"
+            )
+        if self.layer_types is not None and len(self.layer_types) != self.num_hidden_layers:
+            raise ValueError(f"layer_types has {len(self.layer_types)} entries for {self.num_hidden_layers} layers")
+        activation(self.hidden_act)
+        rope.rope_parameters(self.to_hf())
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_key_value_heads or self.num_attention_heads
+
+    @property
+    def dim(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
+    def qkv_bias(self) -> bool:
+        return self.model_type == "qwen2" or self.attention_bias
+
+    @property
+    def rope(self) -> dict:
+        return rope.rope_parameters(self.to_hf())
+
+    @property
+    def windows(self) -> tuple[int | None, ...]:
+        """Sliding window of each layer (None = full attention), following HF's per-family rules."""
+        n = self.num_hidden_layers
+        if self.model_type == "mistral":
+            return (self.sliding_window,) * n
+        if self.model_type == "qwen2":
+            if self.layer_types is not None:
+                return tuple(self.sliding_window if t == "sliding_attention" else None for t in self.layer_types)
+            return (self.sliding_window if self.use_sliding_window else None,) * n
+        return (None,) * n
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, opts: Options, rngs: nnx.Rngs):
+        d, n, k, h = cfg.hidden_size, cfg.num_attention_heads, cfg.kv_heads, cfg.dim
+        self.q_proj = Dense(d, (n, h), axes=("embed", "heads", "head_dim"), use_bias=cfg.qkv_bias, opts=opts, rngs=rngs)
+        self.k_proj = Dense(d, (k, h), axes=("embed", "kv_heads", "head_dim"), use_bias=cfg.qkv_bias, opts=opts, rngs=rngs)
+        self.v_proj = Dense(d, (k, h), axes=("embed", "kv_heads", "head_dim"), use_bias=cfg.qkv_bias, opts=opts, rngs=rngs)
+        self.o_proj = Dense((n, h), d, axes=("heads", "head_dim", "embed"), use_bias=cfg.attention_bias, opts=opts, rngs=rngs)
+        self.impl = opts.attn_impl
+
+    def __call__(self, x, cos, sin, key_mask, q_offset, kv, window):
+        q = constrain(rope.apply_rope(self.q_proj(x), cos, sin), ("act_batch", "act_seq", "act_heads", None))
+        k = constrain(rope.apply_rope(self.k_proj(x), cos, sin), ("act_batch", "act_seq", "act_kv_heads", None))
+        v = constrain(self.v_proj(x), ("act_batch", "act_seq", "act_kv_heads", None))  # [B, T, K, H]
+        if kv is not None:  # attend over the whole cache after writing this step's keys/values
+            kv = update_layer(kv[0], kv[1], k, v, q_offset)
+            k, v = kv
+        o = attn.dot_product_attention(
+            q, k, v, causal=True, q_offset=q_offset, key_mask=key_mask, sliding_window=window, impl=self.impl
+        )
+        return self.o_proj(o), kv
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, opts: Options, rngs: nnx.Rngs):
+        d, f, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
+        self.gate_proj = Dense(d, f, axes=("embed", "mlp"), use_bias=b, opts=opts, rngs=rngs)
+        self.up_proj = Dense(d, f, axes=("embed", "mlp"), use_bias=b, opts=opts, rngs=rngs)
+        self.down_proj = Dense(f, d, axes=("mlp", "embed"), use_bias=b, opts=opts, rngs=rngs)
+        self.act = activation(cfg.hidden_act)
+
+    def __call__(self, x):
+        h = constrain(self.act(self.gate_proj(x)) * self.up_proj(x), ("act_batch", "act_seq", "act_mlp"))
+        return self.down_proj(h)
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, opts: Options, rngs: nnx.Rngs):
+        gemma = cfg.model_type == "gemma"
+        self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, unit_offset=gemma, opts=opts, rngs=rngs)
+        self.self_attn = Attention(cfg, opts=opts, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(
+            cfg.hidden_size, eps=cfg.rms_norm_eps, unit_offset=gemma, opts=opts, rngs=rngs
+        )
+        self.mlp = MLP(cfg, opts=opts, rngs=rngs)
+
+    def __call__(self, x, cos, sin, key_mask, q_offset, kv, window):
+        a, kv = self.self_attn(self.input_layernorm(x), cos, sin, key_mask, q_offset, kv, window)
+        x = x + a
+        x = constrain(x + self.mlp(self.post_attention_layernorm(x)), ACT_BTD)
+        return x, kv
+
+
+class LlamaModel(PreTrainedModel):
+    config_class = LlamaConfig
+    hf_architecture = "LlamaModel"
+    hf_prefix = "model"
+
+    def __init__(self, cfg: LlamaConfig, *, options: Options = Options(), rngs: nnx.Rngs):
+        self.config = cfg
+        self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, opts=options, rngs=rngs)
+        self.layers = Stacked(lambda r: DecoderLayer(cfg, opts=options, rngs=r), cfg.num_hidden_layers, rngs=rngs)
+        gemma = cfg.model_type == "gemma"
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, unit_offset=gemma, opts=options, rngs=rngs)
+        self.scan, self.remat = options.scan_layers, options.remat
+        self.dtype = options.compute_dtype
+
+    def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
+        """An empty KV cache for `batch` rows of up to `max_len` tokens."""
+        cfg = self.config
+        return KVCache.init(cfg.num_hidden_layers, batch, max_len, cfg.kv_heads, cfg.dim, dtype or self.dtype)
+
+    def __call__(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None, *,
+                 output_hidden_states: bool = False) -> BaseModelOutput:  # fmt: skip
+        """Decode `input_ids [B, T]`; with `cache`, the tokens are appended at `cache.index` and the updated cache is
+        returned in `out.cache`. Returns last_hidden_state `[B, T, D]`."""
+        cfg = self.config
+        input_ids, attention_mask = check_input_ids(input_ids, attention_mask)
+        if cache is None:
+            key_mask, q_offset = attention_mask.astype(bool), 0
+        else:
+            if input_ids.shape[0] != cache.k.shape[1]:
+                raise ValueError(f"batch {input_ids.shape[0]} does not match the cache's batch {cache.k.shape[1]}")
+            cache = cache.with_tokens(attention_mask)
+            key_mask, q_offset = cache.mask, cache.index
+        if position_ids is None:
+            position_ids = self._positions(key_mask, q_offset, input_ids.shape[1])
+        position_ids = jnp.asarray(position_ids, jnp.int32)
+        x = self.embed_tokens(input_ids)
+        if cfg.model_type == "gemma":
+            x = x * jnp.asarray(cfg.hidden_size**0.5, x.dtype)
+        x = constrain(x, ACT_BTD)
+        seq_len = jnp.max(position_ids) + 1 if cfg.rope["rope_type"] == "dynamic" else None
+        freq = rope.inv_freq(cfg.rope, cfg.dim, cfg.max_position_embeddings, seq_len)
+        cos, sin = rope.cos_sin(position_ids, freq, x.dtype)
+        x, hs, cache = self._layers(x, cos, sin, key_mask, q_offset, cache)
+        if cache is not None:
+            cache = cache.replace(index=cache.index + input_ids.shape[1])
+        x = self.norm(x)
+        return BaseModelOutput(last_hidden_state=x, hidden_states=hs if output_hidden_states else None, cache=cache)
+
+    @staticmethod
+    def _positions(key_mask, q_offset, t):
+        if isinstance(q_offset, int) and q_offset == 0 and key_mask.shape[1] == t:
+            return positions_from_mask(key_mask)
+        all_pos = positions_from_mask(key_mask)  # [B, S] position of every cache slot
+        return jax.lax.dynamic_slice_in_dim(all_pos, q_offset, t, axis=1)
+
+    def _layers(self, x, cos, sin, key_mask, q_offset, cache):
+        windows = self.config.windows
+        uniform = len(set(windows)) == 1
+        if self.scan:
+            w_xs = None if uniform else jnp.asarray([NO_WINDOW if w is None else w for w in windows], jnp.int32)
+            kv_xs = None if cache is None else (cache.k, cache.v)
+
+            def body(layer, carry, xs):
+                kv, w = xs
+                y, kv = layer(carry, cos, sin, key_mask, q_offset, kv, windows[0] if uniform else w)
+                return y, (y, kv)
+
+            x, (hs, kv) = self.layers.scan(body, x, (kv_xs, w_xs), remat=self.remat)
+            hs = tuple(hs[i] for i in range(hs.shape[0]))
+            if cache is not None:
+                cache = cache.replace(k=kv[0], v=kv[1])
+            return x, hs, cache
+        hs = []
+        for i in range(self.layers.n):
+            kv = None if cache is None else (cache.k[i], cache.v[i])
+            x, kv = self.layers.layer(i)(x, cos, sin, key_mask, q_offset, kv, windows[i])
+            if cache is not None:
+                cache = cache.replace(k=cache.k.at[i].set(kv[0]), v=cache.v.at[i].set(kv[1]))
+            hs.append(x)
+        return x, tuple(hs), cache
+
+
+class _LlamaHead(PreTrainedModel):
+    config_class = LlamaConfig
+    hf_prefix = "model"
+    base_attr = "model"
+
+    def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
+        return self.model.init_cache(batch, max_len, dtype)
+
+
+class LlamaForCausalLM(_LlamaHead):
+    hf_architecture = "LlamaForCausalLM"
+
+    def __init__(self, cfg: LlamaConfig, *, options: Options = Options(), rngs: nnx.Rngs):
+        self.config = cfg
+        self.model = LlamaModel(cfg, options=options, rngs=rngs)
+        tied = cfg.tie_word_embeddings
+        self.lm_head = None if tied else Dense(
+            cfg.hidden_size, cfg.vocab_size, axes=("embed", "vocab"), use_bias=False, opts=options, rngs=rngs
+        )
+
+    def __call__(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None, *,
+                 logits_to_keep: int = 0, output_hidden_states: bool = False) -> CausalLMOutput:  # fmt: skip
+        """Next-token logits `[B, T, V]` (only the last `logits_to_keep` positions if > 0) and the updated cache."""
+        out = self.model(input_ids, attention_mask, position_ids, cache, output_hidden_states=output_hidden_states)
+        x = out.last_hidden_state[:, -logits_to_keep:] if logits_to_keep else out.last_hidden_state
+        logits = self.model.embed_tokens.attend(x) if self.lm_head is None else self.lm_head(x)
+        logits = constrain(logits, ("act_batch", "act_seq", "act_vocab"))
+        return CausalLMOutput(logits=logits, cache=out.cache, hidden_states=out.hidden_states)
+
+
+class LlamaForSequenceClassification(_LlamaHead):
+    hf_architecture = "LlamaForSequenceClassification"
+
+    def __init__(self, cfg: LlamaConfig, *, options: Options = Options(), rngs: nnx.Rngs):
+        self.config = cfg
+        self.model = LlamaModel(cfg, options=options, rngs=rngs)
+        n = len(cfg.extra["id2label"]) if "id2label" in cfg.extra else int(cfg.extra.get("num_labels", 2))
+        self.score = Dense(cfg.hidden_size, n, axes=("embed", "labels"), use_bias=False, opts=options, rngs=rngs)
+
+    def __call__(self, input_ids, attention_mask=None, position_ids=None, *,
+                 output_hidden_states: bool = False) -> SequenceClassifierOutput:  # fmt: skip
+        """Logits `[B, num_labels]` read at each row's last non-padding token (HF's rule)."""
+        ids, mask = check_input_ids(input_ids, attention_mask)
+        out = self.model(ids, mask, position_ids, output_hidden_states=output_hidden_states)
+        logits = self.score(out.last_hidden_state)  # [B, T, num_labels]
+        return SequenceClassifierOutput(logits=_last_token(logits, ids, mask, self.config.pad_token_id),
+                                        hidden_states=out.hidden_states)  # fmt: skip
+
+
+def _last_token(logits, ids, mask, pad_token_id):
+    """HF: the rightmost token that is not `pad_token_id`; without a pad id, the last real token of the mask."""
+    real = (ids != pad_token_id) if pad_token_id is not None else mask.astype(bool)
+    last = jnp.argmax(jnp.arange(ids.shape[1]) * real, axis=-1)
+    return logits[jnp.arange(ids.shape[0]), last]
+
+
+_TASKS = {"base": LlamaModel, "causal-lm": LlamaForCausalLM, "sequence-classification": LlamaForSequenceClassification}
+_FAMILY = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "gemma": "Gemma"}
+_FAMILY_CLASSES: dict[str, dict[str, type]] = {}
+
+
+def _family_classes(model_type: str) -> dict[str, type]:
+    """HF-named subclasses per family (MistralForCausalLM, ...), so saved configs name the right architecture."""
+    if model_type not in _FAMILY_CLASSES:
+        prefix = _FAMILY[model_type]
+        out = {}
+        for task, cls in _TASKS.items():
+            if model_type == "llama":
+                out[task] = cls
+                continue
+            name = cls.__name__.replace("Llama", prefix)
+            out[task] = type(name, (cls,), {"hf_architecture": name, "__module__": __name__})
+        _FAMILY_CLASSES[model_type] = out
+    return _FAMILY_CLASSES[model_type]
+
+
+def tasks_for(model_type: str) -> dict[str, type]:
+    return _family_classes(model_type)
+
+
+def config_for(model_type: str) -> type:
+    return LlamaConfig
+
+
+TASKS = _TASKS
+_L = "layers.*."
+_B = "layers.block."
+_HEADS = SplitAxis(-1, "num_attention_heads")
+_KV = SplitAxis(-1, "kv_heads")
+HF_WEIGHTS = (
+    Rule("embed_tokens.weight", "embed_tokens.embedding"),
+    Rule(_L + "self_attn.q_proj.weight", _B + "self_attn.q_proj.kernel", T(), _HEADS),
+    Rule(_L + "self_attn.q_proj.bias", _B + "self_attn.q_proj.bias", SplitAxis(0, "num_attention_heads")),
+    Rule(_L + "self_attn.k_proj.weight", _B + "self_attn.k_proj.kernel", T(), _KV),
+    Rule(_L + "self_attn.k_proj.bias", _B + "self_attn.k_proj.bias", SplitAxis(0, "kv_heads")),
+    Rule(_L + "self_attn.v_proj.weight", _B + "self_attn.v_proj.kernel", T(), _KV),
+    Rule(_L + "self_attn.v_proj.bias", _B + "self_attn.v_proj.bias", SplitAxis(0, "kv_heads")),
+    Rule(_L + "self_attn.o_proj.weight", _B + "self_attn.o_proj.kernel", T(), SplitAxis(0, "num_attention_heads")),
+    Rule(_L + "self_attn.o_proj.bias", _B + "self_attn.o_proj.bias"),
+    Rule(_L + "mlp.gate_proj.weight", _B + "mlp.gate_proj.kernel", T()),
+    Rule(_L + "mlp.gate_proj.bias", _B + "mlp.gate_proj.bias"),
+    Rule(_L + "mlp.up_proj.weight", _B + "mlp.up_proj.kernel", T()),
+    Rule(_L + "mlp.up_proj.bias", _B + "mlp.up_proj.bias"),
+    Rule(_L + "mlp.down_proj.weight", _B + "mlp.down_proj.kernel", T()),
+    Rule(_L + "mlp.down_proj.bias", _B + "mlp.down_proj.bias"),
+    Rule(_L + "input_layernorm.weight", _B + "input_layernorm.scale"),
+    Rule(_L + "post_attention_layernorm.weight", _B + "post_attention_layernorm.scale"),
+    Rule("norm.weight", "norm.scale"),
+    Rule("lm_head.weight", "lm_head.kernel", T(), unless="tie_word_embeddings", head=True),
+    Rule("score.weight", "score.kernel", T(), head=True),
+)
+for _cls in _TASKS.values():
+    _cls.hf_weights = HF_WEIGHTS
