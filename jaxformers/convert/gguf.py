@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+from typing import Self
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
@@ -196,7 +197,7 @@ class GGUFSource:
         self._tensors = {}
         self._reader = None
 
-    def __enter__(self) -> "GGUFSource":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -292,7 +293,11 @@ def _byte_level_bpe(tokens: list[str], merges: list[tuple[str, str]]) -> Tokeniz
     }
     tokenizer = Tokenizer(
         models.BPE(
-            vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="", end_of_word_suffix="",
+            vocab=vocab,
+            merges=merges,
+            dropout=None,
+            continuing_subword_prefix="",
+            end_of_word_suffix="",
             fuse_unk=False,
         )
     )
@@ -307,7 +312,8 @@ def _sentencepiece_merges(tokens: list[str], scores: list[float]) -> list[tuple[
     vocab = {token: index for index, token in enumerate(tokens)}
     merges = []
     for token, score in dict(zip(tokens, scores)).items():
-        pairs = [(token[:i], token[i:], score) for i in range(1, len(token)) if token[:i] in vocab and token[i:] in vocab]
+        pairs = [(token[:i], token[i:], score) for i in range(1, len(token))]
+        pairs = [pair for pair in pairs if pair[0] in vocab and pair[1] in vocab]
         merges.extend(sorted(pairs, key=lambda pair: (vocab[pair[0]], vocab[pair[1]])))
     merges.sort(key=lambda merge: (merge[2], len(merge[0]), len(merge[1])), reverse=True)
     return [(left, right) for left, right, _ in merges]
@@ -354,7 +360,10 @@ def tokenizer_from_gguf(path: str | os.PathLike) -> dict:
     split = _PRE_TOKENIZER_SPLITS.get(_value(reader, "tokenizer.ggml.pre"))
     if split is not None:
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Split(Regex(split), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+            [
+                pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
         )
 
     special = {}
@@ -381,7 +390,9 @@ def tokenizer_from_gguf(path: str | os.PathLike) -> dict:
 
     add_bos = bool(_value(reader, "tokenizer.ggml.add_bos_token", kind == "llama")) and special["bos_token"] is not None
     add_eos = bool(_value(reader, "tokenizer.ggml.add_eos_token", False)) and special["eos_token"] is not None
-    tokenizer.post_processor = _template(special["bos_token"] if add_bos else None, special["eos_token"] if add_eos else None, vocab)
+    tokenizer.post_processor = _template(
+        special["bos_token"] if add_bos else None, special["eos_token"] if add_eos else None, vocab
+    )
     return {
         "tokenizer": tokenizer,
         **special,
@@ -393,6 +404,7 @@ def tokenizer_from_gguf(path: str | os.PathLike) -> dict:
 
 def _template(bos: str | None, eos: str | None, vocab: dict[str, int]) -> processors.TemplateProcessing:
     """The post-processor transformers installs: optional bos before and eos after each sequence."""
+
     def around(sequence: str, type_id: int) -> str:
         return " ".join(
             part for part in (bos and f"{bos}:{type_id}", f"${sequence}:{type_id}", eos and f"{eos}:{type_id}") if part
