@@ -181,19 +181,23 @@ class Tokenizer:
         self,
         tokenizer_object: tokenizers.Tokenizer,
         *,
-        special_tokens: Mapping[str, str | None] | None = None,
-        extra_special_tokens: Sequence[str] = (),
+        special_tokens: Mapping[str, str | AddedToken | None] | None = None,
+        extra_special_tokens: Sequence[str | AddedToken] = (),
         model_max_length: int | None = None,
         padding_side: str = "right",
         truncation_side: str = "right",
         model_input_names: Sequence[str] = ("input_ids", "attention_mask"),
         clean_up_tokenization_spaces: bool = False,
         chat_template: str | dict[str, str] | None = None,
-        add_bos_token: bool = False,
-        add_eos_token: bool = False,
+        add_bos_token: bool | None = None,
+        add_eos_token: bool | None = None,
         name_or_path: str = "",
     ):
-        """Wrap `tokenizer_object` as it is; the special tokens must already be known to it (see `from_pretrained`)."""
+        """Wrap `tokenizer_object`, registering the special tokens (str or `AddedToken`) as special added tokens.
+
+        As in transformers, giving `add_bos_token` or `add_eos_token` (or a backend without post-processor)
+        rewrites the post-processor to add exactly those tokens; leaving both None keeps the backend's own.
+        """
         for side, value in (("padding_side", padding_side), ("truncation_side", truncation_side)):
             if value not in ("left", "right"):
                 raise ValueError(f"{side} must be 'left' or 'right', got {value!r}.")
@@ -205,6 +209,11 @@ class Tokenizer:
         for name, value in (special_tokens or {}).items():
             self._special_tokens[name] = None if value is None else str(value)
         self.extra_special_tokens = [str(t) for t in extra_special_tokens]
+        # transformers marks every special token as a special added token, adding those the vocabulary lacks
+        existing = {token.content: token for token in self.added_tokens_decoder.values()}
+        given = {str(t): t for t in [*(special_tokens or {}).values(), *extra_special_tokens] if t is not None}
+        tokens = [existing.get(text) or _special_added_token(token) for text, token in given.items()]
+        self._tokenizer.add_tokens(tokens)  # keeps each token's own `special` flag
         self.model_max_length = VERY_LARGE_INTEGER if model_max_length is None else int(model_max_length)
         self.padding_side = padding_side
         self.truncation_side = truncation_side
@@ -214,6 +223,8 @@ class Tokenizer:
         self._add_bos_token = bool(add_bos_token)
         self._add_eos_token = bool(add_eos_token)
         self.name_or_path = str(name_or_path)
+        if add_bos_token is not None or add_eos_token is not None or tokenizer_object.post_processor is None:
+            self.update_post_processor()
 
     # ------------------------------------------------------------------ construction
 
@@ -373,6 +384,8 @@ class Tokenizer:
         for `return_tensors=None`, which gives transformers' python lists (flat lists for a single text).
         `"jax"` gives jax arrays.
         """
+        if not isinstance(text, (str, list, tuple)):
+            raise TypeError(f"text must be a string or a list of strings, got {type(text).__name__}.")
         if return_tensors not in TENSOR_TYPES:
             raise ValueError(f"return_tensors must be one of {TENSOR_TYPES}, got {return_tensors!r}.")
         if padding_side not in (None, "left", "right"):
@@ -674,7 +687,7 @@ class Tokenizer:
         special_map = dict(self.special_tokens_map)
         if self.extra_special_tokens:
             special_map["extra_special_tokens"] = self.extra_special_tokens
-        written[2].write_text(json.dumps(special_map, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        written[2].write_text(json.dumps(special_map, indent=2, sort_keys=True, ensure_ascii=False) + "\n", "utf-8")
         return tuple(str(path) for path in written)
 
     def __repr__(self) -> str:
@@ -728,7 +741,7 @@ class AutoTokenizer:
         info = _CLASSES.get(class_name or "", {})
         special = _special_tokens_from_config(config, info.get("tokens", {}))
         extra_config = config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
-        extra = [_token_content(token) for token in extra_config]
+        extra = [_added_token_from_config(t, named=False) if isinstance(t, dict) else t for t in extra_config]
 
         if tokenizer_json is not None:
             # transformers ignores add_bos_token / add_eos_token in the config when tokenizer.json exists
@@ -736,18 +749,15 @@ class AutoTokenizer:
             if backend.padding is not None:
                 config.setdefault("padding_side", backend.padding["direction"])
                 special["pad_token"] = special["pad_token"] or backend.padding["pad_token"]
-            add_bos = bool(explicit_bos_eos.get("add_bos_token", False))
-            add_eos = bool(explicit_bos_eos.get("add_eos_token", False))
-            update_post_processor = bool(explicit_bos_eos) or backend.post_processor is None
+            bos_eos = explicit_bos_eos
         else:
             family, paths = _find_legacy_files(name_or_path, class_name, opts)
             if "family" not in info:  # class unknown: the files decide, as the class they belong to
                 info = _CLASSES[_FAMILY_CLASSES[family]]
                 special = _special_tokens_from_config(config, info["tokens"])
-            backend, extra_from_vocab, update_post_processor = _CONVERTERS[family](paths, config, special)
+            backend, extra_from_vocab = _CONVERTERS[family](paths, config, special)
             extra = extra or extra_from_vocab
-            add_bos = bool(config.get("add_bos_token", False))
-            add_eos = bool(config.get("add_eos_token", False))
+            bos_eos = {key: config[key] for key in ("add_bos_token", "add_eos_token") if key in config}
 
         tokenizer = Tokenizer(
             backend,
@@ -759,13 +769,9 @@ class AutoTokenizer:
             model_input_names=config.get("model_input_names", info.get("input_names", ("input_ids", "attention_mask"))),
             clean_up_tokenization_spaces=config.get("clean_up_tokenization_spaces", False),
             chat_template=_chat_template_from_config(config.get("chat_template")),
-            add_bos_token=add_bos,
-            add_eos_token=add_eos,
             name_or_path=str(name_or_path),
+            **bos_eos,
         )
-        _register_special_tokens(tokenizer, config)
-        if update_post_processor:
-            tokenizer.update_post_processor()
         if tokenizer_json is None and info.get("family") in _FIXED_POST_PROCESSORS:
             _FIXED_POST_PROCESSORS[info["family"]](tokenizer)
         tokenizer._tokenizer.no_padding()
@@ -799,39 +805,28 @@ def _chat_template_from_config(value: Any) -> str | dict[str, str] | None:
     return value
 
 
-def _token_content(value: Any) -> str:
-    """A special token from a config: a plain string or a serialized AddedToken dict."""
-    return value["content"] if isinstance(value, dict) else str(value)
+def _special_added_token(value: str | AddedToken) -> AddedToken:
+    return value if isinstance(value, AddedToken) else AddedToken(str(value), special=True, normalized=False)
 
 
-def _special_added_token(value: Any) -> AddedToken:
-    if isinstance(value, AddedToken):
-        return value
-    if isinstance(value, dict):
-        flags = {k: value[k] for k in ("single_word", "lstrip", "rstrip", "normalized") if k in value}
-        return AddedToken(value["content"], special=True, **{"normalized": False, **flags})
-    return AddedToken(str(value), special=True, normalized=False)
+def _added_token_from_config(value: Mapping[str, Any], named: bool) -> AddedToken:
+    """A serialized AddedToken. As in transformers, one without a "special" field counts as special only when it is
+    a named special token (an extra one stays an ordinary added token, which decode does not skip)."""
+    fields = {k: value[k] for k in ("single_word", "lstrip", "rstrip", "normalized", "special") if k in value}
+    token = AddedToken(value["content"], **fields)
+    if named:
+        token.special = True
+    return token
 
 
-def _special_tokens_from_config(config: Mapping[str, Any], defaults: Mapping[str, str]) -> dict[str, str | None]:
-    special: dict[str, str | None] = {}
+def _special_tokens_from_config(config: Mapping[str, Any], defaults: Mapping[str, str]) -> dict[str, Any]:
+    """Named special tokens from the config (strings, or AddedTokens where the config serialized one), else the
+    class defaults."""
+    special = {}
     for name in SPECIAL_TOKEN_NAMES:
         value = config[name] if name in config else defaults.get(name)
-        special[name] = None if value is None else _token_content(value)
+        special[name] = _added_token_from_config(value, named=True) if isinstance(value, dict) else value
     return special
-
-
-def _register_special_tokens(tokenizer: Tokenizer, config: Mapping[str, Any]) -> None:
-    """Mark every special token as a special added token of the backend, adding the ones the vocabulary lacks
-    (transformers does the same when it loads a tokenizer)."""
-    existing = {token.content: token for token in tokenizer.added_tokens_decoder.values()}
-    serialized = {v["content"]: v for n in SPECIAL_TOKEN_NAMES if isinstance(v := config.get(n), dict)}
-    tokens = [
-        existing.get(value) or _special_added_token(serialized.get(value, value))
-        for value in dict.fromkeys([*tokenizer.special_tokens_map.values(), *tokenizer.extra_special_tokens])
-    ]
-    if tokens:
-        tokenizer.add_tokens(tokens, special_tokens=True)
 
 
 def _tokenizer_class_name(name_or_path: str | os.PathLike, config: Mapping[str, Any], opts: HubOptions) -> str | None:
@@ -881,7 +876,7 @@ def _convert_wordpiece(paths: list[Path], config: Mapping[str, Any], special: Ma
     )
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.decoder = decoders.WordPiece(prefix="##")
-    return backend, [], False
+    return backend, []
 
 
 def _bert_post_processor(tokenizer: Tokenizer) -> None:
@@ -904,7 +899,7 @@ def _convert_gpt2(paths: list[Path], config: Mapping[str, Any], special: Mapping
     )
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(config.get("add_prefix_space", False)))
     backend.decoder = decoders.ByteLevel()
-    return backend, [], True
+    return backend, []
 
 
 def _load_sentencepiece_proto(path: Path):
@@ -958,7 +953,7 @@ def _convert_llama(paths: list[Path], config: Mapping[str, Any], special: Mappin
     if add_prefix_space:
         steps.append(decoders.Strip(content=" ", left=1))
     backend.decoder = decoders.Sequence(steps)
-    return backend, _add_user_pieces(backend, proto), True
+    return backend, _add_user_pieces(backend, proto)
 
 
 def _add_user_pieces(backend: tokenizers.Tokenizer, proto) -> list[str]:
@@ -987,7 +982,7 @@ def _convert_t5(paths: list[Path], config: Mapping[str, Any], special: Mapping[s
     )
     backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
     extra = _add_user_pieces(backend, proto)
-    return backend, extra + [f"<extra_id_{i}>" for i in range(extra_ids)], False
+    return backend, extra + [f"<extra_id_{i}>" for i in range(extra_ids)]
 
 
 def _t5_post_processor(tokenizer: Tokenizer) -> None:
@@ -1007,7 +1002,7 @@ def _from_gguf(path: Path, overrides: dict[str, Any], name_or_path: str) -> Toke
     from jaxformers.convert.gguf import tokenizer_from_gguf
 
     info = {**tokenizer_from_gguf(str(path)), **overrides}
-    tokenizer = Tokenizer(
+    return Tokenizer(
         info["tokenizer"],
         special_tokens={name: info.get(name) for name in ("bos_token", "eos_token", "pad_token", "unk_token")},
         model_max_length=info.get("model_max_length"),
@@ -1017,9 +1012,6 @@ def _from_gguf(path: Path, overrides: dict[str, Any], name_or_path: str) -> Toke
         add_eos_token=bool(info.get("add_eos_token", False)),
         name_or_path=name_or_path,
     )
-    _register_special_tokens(tokenizer, {})
-    tokenizer.update_post_processor()
-    return tokenizer
 
 
 # ---------------------------------------------------------------------- chat templates

@@ -13,6 +13,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+import tokenizers
 import tokenizer_fixtures as fx
 
 transformers = pytest.importorskip("transformers")
@@ -167,6 +168,17 @@ def test_pairs_identical(both):
         assert dict(got) == expected
 
 
+def test_pretokenized_words_identical(both):
+    hf, ours = both
+    words = [["Hello", "wörld", "日本語"], ["one"], ["a", "b", "c", "d"]]
+    got = ours(words, is_split_into_words=True, return_tensors=None, return_offsets_mapping=True)
+    expected = hf(words, is_split_into_words=True, return_offsets_mapping=True)
+    assert dict(got) == hf_dict(expected)
+    assert [got.word_ids(i) for i in range(3)] == [expected.word_ids(i) for i in range(3)]
+    single = ours(words[0], is_split_into_words=True, return_tensors=None)
+    assert dict(single) == hf_dict(hf(words[0], is_split_into_words=True))
+
+
 def test_bert_pair_token_type_ids(dirs):
     ours = AutoTokenizer.from_pretrained(dirs["minilm_json"])
     batch = ours("How old are you?", "I am six.")
@@ -313,6 +325,66 @@ def test_from_pretrained_overrides(dirs):
     assert (ours.padding_side, ours.model_max_length, ours.pad_token_id) == (hf.padding_side, 16, hf.pad_token_id)
     for call in ({"padding": "max_length", "truncation": True}, {"padding": True}, {"truncation": True}):
         assert dict(ours([LONG_TEXT, "x"], return_tensors=None, **call)) == hf_dict(hf([LONG_TEXT, "x"], **call))
+
+
+def test_bert_vocab_options(dirs):
+    kwargs = {"do_lower_case": False, "strip_accents": True, "tokenize_chinese_chars": False}
+    hf = transformers.AutoTokenizer.from_pretrained(dirs["bert_vocab"], **kwargs)
+    ours = AutoTokenizer.from_pretrained(dirs["bert_vocab"], **kwargs)
+    assert json.loads(ours.backend_tokenizer.to_str()) == json.loads(hf.backend_tokenizer.to_str())
+    for text in TEXTS:
+        assert dict(ours(text, return_tensors=None)) == hf_dict(hf(text))
+
+
+@pytest.mark.parametrize("kind", ["bert_vocab", "gpt2"])
+def test_clean_up_tokenization_spaces(dirs, kind):
+    hf = transformers.AutoTokenizer.from_pretrained(dirs[kind], clean_up_tokenization_spaces=True)
+    ours = AutoTokenizer.from_pretrained(dirs[kind], clean_up_tokenization_spaces=True)
+    ids = hf("Well , isn't it ? I 'm sure they 're here !")["input_ids"]
+    for clean in (None, False, True):
+        expected = hf.decode(ids, clean_up_tokenization_spaces=clean)
+        assert ours.decode(ids, clean_up_tokenization_spaces=clean) == expected
+
+
+def test_special_tokens_from_config(dirs, tmp_path):
+    """Serialized AddedToken dicts, extra special tokens and special tokens missing from the vocabulary."""
+    shutil.copy(dirs["bert_vocab"] / "vocab.txt", tmp_path / "vocab.txt")
+    serialized = {"__type": "AddedToken", "content": "<new2>", "lstrip": True, "normalized": False, "rstrip": False}
+    config = {
+        "tokenizer_class": "BertTokenizer",
+        "pad_token": {**serialized, "content": "[PAD]", "lstrip": False},
+        "bos_token": "<bos_new>",
+        "additional_special_tokens": ["<new1>", serialized],
+    }
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    ours = AutoTokenizer.from_pretrained(tmp_path)
+    assert json.loads(ours.backend_tokenizer.to_str()) == json.loads(hf.backend_tokenizer.to_str())
+    assert ours.all_special_ids == hf.all_special_ids and len(ours) == len(hf) == 30522 + 3
+    text = "x <new1>y  <new2> <bos_new>z"
+    assert dict(ours(text, return_tensors=None)) == hf_dict(hf(text))
+    assert ours.decode(hf(text)["input_ids"], skip_special_tokens=True) == hf.decode(hf(text)["input_ids"], True)
+
+
+def test_direct_construction_matches_transformers():
+    """A `tokenizers.Tokenizer` wrapped directly, with transformers' `PreTrainedTokenizerFast(tokenizer_object=...)`
+    semantics for special tokens and add_bos_token / add_eos_token."""
+    from tokenizers import models, pre_tokenizers, trainers
+
+    backend = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=80, special_tokens=["<unk>", "<s>"])
+    backend.train_from_iterator([" ".join(TEXTS)] * 5, trainer=trainer)
+    kwargs = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    kwargs |= {"add_bos_token": True, "add_eos_token": True}
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, **kwargs)
+    special = {key: kwargs.pop(key) for key in ("bos_token", "eos_token", "unk_token")}
+    ours = Tokenizer(backend, special_tokens=special, **kwargs)
+    assert json.loads(ours.backend_tokenizer.to_str()) == json.loads(hf.backend_tokenizer.to_str())
+    for text in TEXTS:
+        assert dict(ours(text, return_tensors=None)) == hf_dict(hf(text))
+    ours.add_eos_token = hf.add_eos_token = False
+    assert dict(ours(TEXTS[0], return_tensors=None)) == hf_dict(hf(TEXTS[0]))
 
 
 def test_missing_files(tmp_path):
