@@ -437,3 +437,12 @@ def test_unknown_tensor_name(tmp_path):
     _tiny_file(path, "llama", {"blk.0.attn_qkv.weight": (np.ones((4, 8), np.float32), None)})
     with pytest.raises(ValueError, match=r"no Hugging Face llama parameter name: blk\.0\.attn_qkv\.weight"):
         GGUFSource(path)
+
+
+def test_missing_metadata_is_named(tmp_path):
+    path = tmp_path / "bare.gguf"
+    _tiny_file(path, "llama", {"output_norm.weight": (np.ones(8, np.float32), None)})
+    with pytest.raises(ValueError, match="'llama.feed_forward_length' is missing"):
+        config_from_gguf(path)
+    with pytest.raises(ValueError, match="'tokenizer.ggml.model' is missing"):
+        tokenizer_from_gguf(path)

@@ -91,6 +91,13 @@ def _value(reader: GGUFReader, key: str, default=None):
     return default if field is None else field.contents()
 
 
+def _required(reader: GGUFReader, key: str, path: str | os.PathLike):
+    value = _value(reader, key)
+    if value is None:
+        raise ValueError(f"{os.fspath(path)}: GGUF metadata key {key!r} is missing")
+    return value
+
+
 def _architecture(reader: GGUFReader, path: str | os.PathLike) -> str:
     arch = _value(reader, "general.architecture")
     if arch not in _ARCHITECTURES:
@@ -144,7 +151,7 @@ class GGUFSource:
         self.path = os.fspath(path)
         self._reader = _open(self.path)
         arch = _architecture(self._reader, self.path)
-        heads = _value(self._reader, f"{arch}.attention.head_count")
+        heads = _required(self._reader, f"{arch}.attention.head_count", self.path)
         kv_heads = _value(self._reader, f"{arch}.attention.head_count_kv", heads)
         self._rotary_heads = {"q_proj": heads, "k_proj": kv_heads} if arch in _PERMUTED_QK else {}
         self._tensors = {}
@@ -223,22 +230,21 @@ def config_from_gguf(path: str | os.PathLike) -> dict:
     def meta(name, default=None):
         return _value(reader, f"{arch}.{name}", default)
 
-    heads = meta("attention.head_count")
-    hidden = meta("embedding_length")
-    vocab_size = meta("vocab_size")
-    if vocab_size is None:
-        vocab_size = len(reader.get_field("tokenizer.ggml.tokens").data)
+    def need(name):
+        return _required(reader, f"{arch}.{name}", path)
+
+    heads = need("attention.head_count")
+    hidden = need("embedding_length")
     config = {
         "model_type": model_type,
         "architectures": [architecture],
-        "vocab_size": vocab_size,
         "hidden_size": hidden,
-        "intermediate_size": meta("feed_forward_length"),
-        "num_hidden_layers": meta("block_count"),
+        "intermediate_size": need("feed_forward_length"),
+        "num_hidden_layers": need("block_count"),
         "num_attention_heads": heads,
         "num_key_value_heads": meta("attention.head_count_kv", heads),
-        "max_position_embeddings": meta("context_length"),
-        "rms_norm_eps": meta("attention.layer_norm_rms_epsilon"),
+        "max_position_embeddings": need("context_length"),
+        "rms_norm_eps": need("attention.layer_norm_rms_epsilon"),
         "rope_theta": meta("rope.freq_base", 10000.0),
         "hidden_act": "silu",
         "tie_word_embeddings": "output.weight" not in tensor_names,
@@ -247,6 +253,12 @@ def config_from_gguf(path: str | os.PathLike) -> dict:
         "pad_token_id": _value(reader, "tokenizer.ggml.padding_token_id"),
         "torch_dtype": "float32",
     }
+    config["vocab_size"] = meta("vocab_size")
+    if config["vocab_size"] is None:  # older files: one embedding row per token (GGUF lists dimensions reversed)
+        embedding = [tensor for tensor in reader.tensors if tensor.name == "token_embd.weight"]
+        if not embedding:
+            raise ValueError(f"{os.fspath(path)}: neither {arch}.vocab_size nor token_embd.weight is in the file")
+        config["vocab_size"] = int(embedding[0].shape[-1])
     if model_type == "llama":  # Qwen2 has no such fields: its q/k/v always carry a bias
         config["head_dim"] = meta("attention.key_length", meta("rope.dimension_count", hidden // heads))
         config["attention_bias"] = "blk.0.attn_q.bias" in tensor_names
@@ -341,22 +353,18 @@ def tokenizer_from_gguf(path: str | os.PathLike) -> dict:
     """
     reader = _open(path)
     _architecture(reader, path)
-    kind = _value(reader, "tokenizer.ggml.model")
-    tokens = _value(reader, "tokenizer.ggml.tokens")
-    token_types = _value(reader, "tokenizer.ggml.token_type") or []
-    merges = _value(reader, "tokenizer.ggml.merges")
-    if merges is not None:
-        merges = [tuple(merge.split(" ", 1)) for merge in merges]
-    if kind == "gpt2":
-        tokenizer = _byte_level_bpe(tokens, merges)
-    elif kind == "llama":
-        if merges is None:
-            merges = _sentencepiece_merges(tokens, _value(reader, "tokenizer.ggml.scores"))
-        tokenizer = _sentencepiece_bpe(tokens, merges)
-    else:
+    kind = _required(reader, "tokenizer.ggml.model", path)
+    if kind not in ("gpt2", "llama"):
         raise ValueError(
             f"{os.fspath(path)}: GGUF tokenizer model {kind!r} is not supported; supported: 'gpt2', 'llama'"
         )
+    tokens = _required(reader, "tokenizer.ggml.tokens", path)
+    token_types = _value(reader, "tokenizer.ggml.token_type", [])
+    if kind == "llama" and reader.get_field("tokenizer.ggml.merges") is None:
+        merges = _sentencepiece_merges(tokens, _required(reader, "tokenizer.ggml.scores", path))
+    else:
+        merges = [tuple(merge.split(" ", 1)) for merge in _required(reader, "tokenizer.ggml.merges", path)]
+    tokenizer = _byte_level_bpe(tokens, merges) if kind == "gpt2" else _sentencepiece_bpe(tokens, merges)
     split = _PRE_TOKENIZER_SPLITS.get(_value(reader, "tokenizer.ggml.pre"))
     if split is not None:
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
