@@ -13,10 +13,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxformers.convert.rules import Chunk, Ignore, Rule
+from jaxformers.convert.rules import Chunk, Ignore, Rule, SplitAxis, T
 
 log = logging.getLogger("jaxformers")
 
@@ -59,13 +58,8 @@ def plan_load(rules, cfg, targets: dict[str, Target], source, *, base_prefix: st
     ignores = [r for r in rules if isinstance(r, Ignore)]
     for key in source.keys():
         stripped = key[len(hf_prefix) + 1 :] if key.startswith(hf_prefix + ".") else key
-        hit = None
-        for rule in active:
-            idx = rule.match(key if rule.head else stripped)
-            if idx is not None:
-                hit = (rule, idx)
-                break
-        if hit is None:
+        hits = [(r, i) for r in active for i in [r.match(key if r.head else stripped)] if i is not None]
+        if not hits:
             if any(r.match(key if r.head else stripped) is not None for r in inactive) or any(
                 i.match(stripped) or i.match(key) for i in ignores
             ):
@@ -73,17 +67,20 @@ def plan_load(rules, cfg, targets: dict[str, Target], source, *, base_prefix: st
             else:
                 problems.append(f"unexpected checkpoint tensor {key!r} (no rule maps it)")
             continue
-        rule, idx = hit
-        path = _full_target(rule, base_prefix)
-        if path not in targets:  # belongs to another head of this architecture (e.g. cls.* for BertModel)
-            plan.unused.append(key)
+        if len(hits) > 1 and not all(r.ops and isinstance(r.ops[0], Chunk) for r, _ in hits):
+            problems.append(f"{key!r} matches several rules: {[r.source for r, _ in hits]} (table bug)")
             continue
-        layer = idx if rule.stacked else None
-        slot = plan.sources.setdefault(path, {})
-        if layer in slot:
-            problems.append(f"{path} is filled twice: by {slot[layer]!r} and {key!r}")
-        slot[layer] = key
-        plan.rule_for[path] = rule
+        for rule, idx in hits:  # several only for a fused tensor chunked into several targets
+            path = _full_target(rule, base_prefix)
+            if path not in targets:  # belongs to another head of this architecture (e.g. cls.* for BertModel)
+                plan.unused.append(key)
+                continue
+            layer = idx if rule.stacked else None
+            slot = plan.sources.setdefault(path, {})
+            if layer in slot:
+                problems.append(f"{path} is filled twice: by {slot[layer]!r} and {key!r}")
+            slot[layer] = key
+            plan.rule_for[path] = rule
     for path, tgt in targets.items():
         if path not in plan.sources:
             head_param = base_prefix is not None and not path.startswith(base_prefix + ".")
@@ -128,29 +125,117 @@ def _apply_shape(rule: Rule, shape, cfg):
     return shape
 
 
-def _convert(rule: Rule, x: np.ndarray, cfg) -> np.ndarray:
-    for op in rule.ops:
-        x = op.forward(x, cfg)
-    return x
+Box = tuple[tuple[int, int], ...]
+
+
+def _full(shape) -> Box:
+    return tuple((0, n) for n in shape)
+
+
+def _box(index: tuple[slice, ...], shape) -> Box:
+    return tuple(s.indices(n)[:2] for s, n in zip(index, shape))
+
+
+def _back(op, in_shape, out_shape, want: Box) -> tuple[Box, Box]:
+    """For `op` mapping `in_shape` to `out_shape`: the input box to read for output box `want`, and the output box
+    (containing `want`) that forwarding that input block gives. Unknown ops need their whole input."""
+    if isinstance(op, T):
+        perm = op.perm if op.perm is not None else tuple(reversed(range(len(in_shape))))
+        src = [None] * len(in_shape)
+        for j, i in enumerate(perm):
+            src[i] = want[j]
+        return tuple(src), want
+    if isinstance(op, SplitAxis):
+        ax = op.axis % len(in_shape)
+        (a, b), (c, d), m = want[ax], want[ax + 1], out_shape[ax + 1]
+        if (c, d) != (0, m) and b - a > 1:  # rows of several heads, partial inside each: read whole heads
+            c, d = 0, m
+        cover = want[: ax + 1] + ((c, d),) + want[ax + 2 :]
+        return want[:ax] + ((a * m + c, (b - 1) * m + d),) + want[ax + 2 :], cover
+    if isinstance(op, Chunk):
+        ax = op.axis % len(in_shape)
+        base = op.index * out_shape[ax]
+        (a, b) = want[ax]
+        return want[:ax] + ((base + a, base + b),) + want[ax + 1 :], want
+    return _full(in_shape), _full(out_shape)
+
+
+def _forward(op, block: np.ndarray, cover: Box, cfg) -> np.ndarray:
+    """Apply `op` to a block so that the result is the output region `cover`."""
+    if isinstance(op, T):
+        return np.transpose(block, op.perm)
+    if isinstance(op, SplitAxis):
+        ax = op.axis % block.ndim
+        parts = (cover[ax][1] - cover[ax][0], cover[ax + 1][1] - cover[ax + 1][0])
+        return block.reshape(block.shape[:ax] + parts + block.shape[ax + 1 :])
+    if isinstance(op, Chunk):
+        return block
+    return op.forward(block, cfg)
+
+
+class _Reader:
+    """Reads boxes of one target parameter from its source tensors, through the rule's layout ops.
+
+    Sources with `read(key, box)` (safetensors) are read slice by slice; others (GGUF, torch `.bin`) are read whole
+    once per tensor and sliced.
+    """
+
+    def __init__(self, rule: Rule, keys: dict, tgt: Target, source, cfg):
+        self.rule, self.keys, self.tgt, self.source, self.cfg = rule, keys, tgt, source, cfg
+        self._whole: tuple[str, np.ndarray] | None = None
+
+    def block(self, box: Box) -> np.ndarray:
+        if not self.rule.stacked:
+            return self._read(self.keys[None], box)
+        (l0, l1), inner = box[0], box[1:]
+        out = np.empty(tuple(b - a for a, b in box), self.tgt.dtype)
+        for i, layer in enumerate(range(l0, l1)):
+            out[i] = self._read(self.keys[layer], inner)
+        return out
+
+    def _read(self, key: str, box: Box) -> np.ndarray:
+        shapes = [tuple(self.source.shape(key))]
+        for op in self.rule.ops:
+            shapes.append(tuple(op.shape(shapes[-1], self.cfg)))
+        wants, covers = [box], []
+        for k in reversed(range(len(self.rule.ops))):
+            want, cover = _back(self.rule.ops[k], shapes[k], shapes[k + 1], wants[0])
+            wants.insert(0, want)
+            covers.insert(0, cover)
+        x = self._source_block(key, wants[0])
+        for op, want, cover in zip(self.rule.ops, wants[1:], covers):
+            x = _forward(op, x, cover, self.cfg)
+            x = x[tuple(slice(w0 - c0, w1 - c0) for (w0, w1), (c0, _) in zip(want, cover))]
+        return x.astype(self.tgt.dtype, copy=False)
+
+    def _source_block(self, key: str, box: Box) -> np.ndarray:
+        if hasattr(self.source, "read"):
+            return self.source.read(key, box)
+        if self._whole is None or self._whole[0] != key:
+            self._whole = (key, self.source.get(key))
+        return self._whole[1][tuple(slice(a, b) for a, b in box)]
 
 
 def build_param(plan: Plan, path: str, tgt: Target, source, cfg) -> jax.Array:
-    """Materialise one parameter, reading only what each shard needs when a sharding is given."""
-    rule, keys = plan.rule_for[path], plan.sources[path]
+    """Materialise one parameter on `tgt.sharding` (default device if None).
 
-    def read(layer):
-        return _convert(rule, source.get(keys[layer]), cfg).astype(tgt.dtype)
-
-    def block(index):
-        if not rule.stacked:
-            return read(None)[index]
-        layers = range(tgt.shape[0])[index[0]]
-        return np.stack([read(i)[index[1:]] for i in layers])
-
+    Each distinct device block is read from the checkpoint (only the bytes it needs), copied to its devices and
+    freed before the next, so the transient host memory is one block, never the whole tensor or model.
+    """
+    reader = _Reader(plan.rule_for[path], plan.sources[path], tgt, source, cfg)
     if tgt.sharding is None:
-        full = block(tuple(slice(None) for _ in tgt.shape))
-        return jnp.asarray(full, dtype=tgt.dtype)
-    return jax.make_array_from_callback(tgt.shape, tgt.sharding, block)
+        return jax.device_put(reader.block(_full(tgt.shape)))
+    index_map = tgt.sharding.addressable_devices_indices_map(tgt.shape)
+    by_box = defaultdict(list)
+    for device, index in index_map.items():
+        by_box[_box(index, tgt.shape)].append(device)
+    shards = {}
+    for box, devices in by_box.items():
+        block = reader.block(box)
+        placed = [jax.device_put(block, d) for d in devices]
+        jax.block_until_ready(placed)  # the copies are done: `block` can go
+        shards.update(zip(devices, placed))
+    return jax.make_array_from_single_device_arrays(tgt.shape, tgt.sharding, [shards[d] for d in index_map])
 
 
 def export(rules, cfg, params: dict[str, np.ndarray], *, base_prefix: str | None, hf_prefix: str) -> dict:

@@ -8,7 +8,6 @@ the values it has alone).
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -230,7 +229,7 @@ class BertForQuestionAnswering(_BertHead):
     def __init__(self, cfg: BertConfig, *, options: Options = Options(), rngs: nnx.Rngs):
         self.config = cfg
         self.bert = BertModel(cfg, options=options, rngs=rngs, add_pooling_layer=False)
-        self.qa_outputs = Dense(cfg.hidden_size, 2, axes=("embed", None), opts=options, rngs=rngs)
+        self.qa_outputs = Dense(cfg.hidden_size, cfg.num_labels, axes=("embed", None), opts=options, rngs=rngs)  # HF: 2
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
                  output_hidden_states: bool = False) -> QuestionAnsweringOutput:  # fmt: skip

@@ -13,11 +13,8 @@ left-padded rows get exactly the values they have alone.
 
 from __future__ import annotations
 
-import dataclasses
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from jaxformers.core import attention as attn
@@ -25,14 +22,14 @@ from jaxformers.core import rope
 from jaxformers.core.cache import KVCache, update_layer
 from jaxformers.core.config import HFConfig, config_class
 from jaxformers.core.layers import Dense, Embed, RMSNorm, Stacked, activation
-from jaxformers.core.modeling import PreTrainedModel, check_input_ids, positions_from_mask
+from jaxformers.core.decoder import decoder_positions, run_layers
+from jaxformers.core.modeling import PreTrainedModel, check_input_ids
 from jaxformers.core.options import Options
 from jaxformers.core.outputs import BaseModelOutput, CausalLMOutput, SequenceClassifierOutput
 from jaxformers.core.sharding import constrain
 from jaxformers.convert.rules import Rule, SplitAxis, T
 
 ACT_BTD = ("act_batch", "act_seq", "act_embed")
-NO_WINDOW = 2**30  # "no sliding window" as a number, for layers mixed with windowed ones under scan
 
 
 @config_class
@@ -203,12 +200,12 @@ class LlamaModel(PreTrainedModel):
             cache = cache.with_tokens(attention_mask)
             key_mask, q_offset = cache.mask, cache.index
         if position_ids is None:
-            position_ids = self._positions(key_mask, q_offset, input_ids.shape[1])
+            position_ids = decoder_positions(key_mask, q_offset, input_ids.shape[1])
         position_ids = jnp.asarray(position_ids, jnp.int32)
         x = self.embed_tokens(input_ids)
         if cfg.model_type == "gemma":
             x = x * jnp.asarray(cfg.hidden_size**0.5, x.dtype)
-        x = constrain(x, ACT_BTD)
+        x = emb = constrain(x, ACT_BTD)
         seq_len = jnp.max(position_ids) + 1 if cfg.rope["rope_type"] == "dynamic" else None
         freq = rope.inv_freq(cfg.rope, cfg.dim, cfg.max_position_embeddings, seq_len)
         cos, sin = rope.cos_sin(position_ids, freq, x.dtype)
@@ -216,40 +213,16 @@ class LlamaModel(PreTrainedModel):
         if cache is not None:
             cache = cache.replace(index=cache.index + input_ids.shape[1])
         x = self.norm(x)
-        return BaseModelOutput(last_hidden_state=x, hidden_states=hs if output_hidden_states else None, cache=cache)
-
-    @staticmethod
-    def _positions(key_mask, q_offset, t):
-        if isinstance(q_offset, int) and q_offset == 0 and key_mask.shape[1] == t:
-            return positions_from_mask(key_mask)
-        all_pos = positions_from_mask(key_mask)  # [B, S] position of every cache slot
-        return jax.lax.dynamic_slice_in_dim(all_pos, q_offset, t, axis=1)
+        hidden = (emb, *hs[:-1], x) if output_hidden_states else None  # HF: the last entry is after the final norm
+        return BaseModelOutput(last_hidden_state=x, hidden_states=hidden, cache=cache)
 
     def _layers(self, x, cos, sin, key_mask, q_offset, cache):
-        windows = self.config.windows
-        uniform = len(set(windows)) == 1
-        if self.scan:
-            w_xs = None if uniform else jnp.asarray([NO_WINDOW if w is None else w for w in windows], jnp.int32)
-            kv_xs = None if cache is None else (cache.k, cache.v)
+        def call(layer, h, kv, window):
+            return layer(h, cos, sin, key_mask, q_offset, kv, window)
 
-            def body(layer, carry, xs):
-                kv, w = xs
-                y, kv = layer(carry, cos, sin, key_mask, q_offset, kv, windows[0] if uniform else w)
-                return y, (y, kv)
-
-            x, (hs, kv) = self.layers.scan(body, x, (kv_xs, w_xs), remat=self.remat)
-            hs = tuple(hs[i] for i in range(hs.shape[0]))
-            if cache is not None:
-                cache = cache.replace(k=kv[0], v=kv[1])
-            return x, hs, cache
-        hs = []
-        for i in range(self.layers.n):
-            kv = None if cache is None else (cache.k[i], cache.v[i])
-            x, kv = self.layers.layer(i)(x, cos, sin, key_mask, q_offset, kv, windows[i])
-            if cache is not None:
-                cache = cache.replace(k=cache.k.at[i].set(kv[0]), v=cache.v.at[i].set(kv[1]))
-            hs.append(x)
-        return x, tuple(hs), cache
+        return run_layers(
+            self.layers, x, call, cache=cache, scan=self.scan, remat=self.remat, windows=self.config.windows
+        )
 
 
 class _LlamaHead(PreTrainedModel):

@@ -1,0 +1,244 @@
+"""GPT-2 decoder and its heads.
+
+References: Radford et al. 2019; HF transformers `models/gpt2/modeling_gpt2.py` (5.x). Numerics follow HF: pre-LN
+blocks, `gelu_new` (tanh) MLP, attention scaled by `1/sqrt(head_dim)`, LayerNorm in float32, lm_head tied to `wte`.
+HF stores the fused `c_attn` Conv1D as `[D, 3D]` (already in->out): the table chunks it into q/k/v and splits heads,
+and re-fuses on export. Position ids default to "slot minus the row's first real slot" (left padding safe).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxformers.core import attention as attn
+from jaxformers.core.cache import KVCache, update_layer
+from jaxformers.core.config import HFConfig, config_class
+from jaxformers.core.decoder import decoder_positions, run_layers
+from jaxformers.core.layers import Dense, Embed, LayerNorm, Stacked, activation
+from jaxformers.core.modeling import PreTrainedModel, check_input_ids
+from jaxformers.core.options import Options
+from jaxformers.core.outputs import BaseModelOutput, CausalLMOutput, SequenceClassifierOutput
+from jaxformers.core.sharding import constrain
+from jaxformers.convert.rules import Chunk, Ignore, Rule, SplitAxis, T
+
+ACT_BTD = ("act_batch", "act_seq", "act_embed")
+
+
+@config_class
+class GPT2Config(HFConfig):
+    model_type = "gpt2"
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: int | None = None
+    activation_function: str = "gelu_new"
+    layer_norm_epsilon: float = 1e-5
+    scale_attn_weights: bool = True
+    scale_attn_by_inverse_layer_idx: bool = False
+    reorder_and_upcast_attn: bool = False
+    tie_word_embeddings: bool = True
+    bos_token_id: int | None = 50256
+    eos_token_id: int | None = 50256
+    pad_token_id: int | None = None
+
+    def validate(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.scale_attn_by_inverse_layer_idx:
+            raise ValueError("scale_attn_by_inverse_layer_idx=True is not supported")
+        activation(self.activation_function)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def inner(self) -> int:
+        return self.n_inner or 4 * self.n_embd
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return self.n_layer
+
+    @property
+    def max_position_embeddings(self) -> int:
+        return self.n_positions
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: GPT2Config, *, opts: Options, rngs: nnx.Rngs):
+        d, n, h = cfg.n_embd, cfg.n_head, cfg.head_dim
+        self.q_proj = Dense(d, (n, h), axes=("embed", "heads", "head_dim"), opts=opts, rngs=rngs)
+        self.k_proj = Dense(d, (n, h), axes=("embed", "kv_heads", "head_dim"), opts=opts, rngs=rngs)
+        self.v_proj = Dense(d, (n, h), axes=("embed", "kv_heads", "head_dim"), opts=opts, rngs=rngs)
+        self.c_proj = Dense((n, h), d, axes=("heads", "head_dim", "embed"), opts=opts, rngs=rngs)
+        self.scale = h**-0.5 if cfg.scale_attn_weights else 1.0
+        self.impl = opts.attn_impl
+
+    def __call__(self, x, key_mask, q_offset, kv):
+        q = constrain(self.q_proj(x), ("act_batch", "act_seq", "act_heads", None))
+        k = constrain(self.k_proj(x), ("act_batch", "act_seq", "act_kv_heads", None))
+        v = constrain(self.v_proj(x), ("act_batch", "act_seq", "act_kv_heads", None))  # [B, T, N, H]
+        if kv is not None:
+            kv = update_layer(kv[0], kv[1], k, v, q_offset)
+            k, v = kv
+        o = attn.dot_product_attention(
+            q, k, v, causal=True, q_offset=q_offset, key_mask=key_mask, scale=self.scale, impl=self.impl
+        )
+        return self.c_proj(o), kv
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: GPT2Config, *, opts: Options, rngs: nnx.Rngs):
+        self.c_fc = Dense(cfg.n_embd, cfg.inner, axes=("embed", "mlp"), opts=opts, rngs=rngs)
+        self.c_proj = Dense(cfg.inner, cfg.n_embd, axes=("mlp", "embed"), opts=opts, rngs=rngs)
+        self.act = activation(cfg.activation_function)
+
+    def __call__(self, x):
+        return self.c_proj(constrain(self.act(self.c_fc(x)), ("act_batch", "act_seq", "act_mlp")))
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: GPT2Config, *, opts: Options, rngs: nnx.Rngs):
+        self.ln_1 = LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon, opts=opts, rngs=rngs)
+        self.attn = Attention(cfg, opts=opts, rngs=rngs)
+        self.ln_2 = LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon, opts=opts, rngs=rngs)
+        self.mlp = MLP(cfg, opts=opts, rngs=rngs)
+
+    def __call__(self, x, key_mask, q_offset, kv):
+        a, kv = self.attn(self.ln_1(x), key_mask, q_offset, kv)
+        x = x + a
+        return constrain(x + self.mlp(self.ln_2(x)), ACT_BTD), kv
+
+
+class GPT2Model(PreTrainedModel):
+    config_class = GPT2Config
+    hf_architecture = "GPT2Model"
+    hf_prefix = "transformer"
+
+    def __init__(self, cfg: GPT2Config, *, options: Options = Options(), rngs: nnx.Rngs):
+        self.config = cfg
+        self.wte = Embed(cfg.vocab_size, cfg.n_embd, opts=options, rngs=rngs)
+        self.wpe = Embed(cfg.n_positions, cfg.n_embd, axes=("pos", "embed"), opts=options, rngs=rngs)
+        self.h = Stacked(lambda r: Block(cfg, opts=options, rngs=r), cfg.n_layer, rngs=rngs)
+        self.ln_f = LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon, opts=options, rngs=rngs)
+        self.scan, self.remat = options.scan_layers, options.remat
+        self.dtype = options.compute_dtype
+
+    def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
+        """An empty KV cache for `batch` rows of up to `max_len` tokens."""
+        cfg = self.config
+        return KVCache.init(cfg.n_layer, batch, max_len, cfg.n_head, cfg.head_dim, dtype or self.dtype)
+
+    def __call__(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None, *,
+                 output_hidden_states: bool = False) -> BaseModelOutput:  # fmt: skip
+        """Decode `input_ids [B, T]` (appended at `cache.index` when a cache is given); last_hidden_state `[B, T, D]`."""
+        input_ids, attention_mask = check_input_ids(input_ids, attention_mask)
+        if cache is None:
+            key_mask, q_offset = attention_mask.astype(bool), 0
+        else:
+            cache = cache.with_tokens(attention_mask)
+            key_mask, q_offset = cache.mask, cache.index
+        if position_ids is None:
+            position_ids = decoder_positions(key_mask, q_offset, input_ids.shape[1])
+        x = constrain(self.wte(input_ids) + self.wpe(jnp.asarray(position_ids, jnp.int32)), ACT_BTD)
+        emb = x
+
+        def call(layer, h, kv, window):
+            return layer(h, key_mask, q_offset, kv)
+
+        x, hs, cache = run_layers(self.h, x, call, cache=cache, scan=self.scan, remat=self.remat)
+        if cache is not None:
+            cache = cache.replace(index=cache.index + input_ids.shape[1])
+        x = self.ln_f(x)
+        hidden = (emb, *hs[:-1], x) if output_hidden_states else None  # HF: the last entry is after ln_f
+        return BaseModelOutput(last_hidden_state=x, hidden_states=hidden, cache=cache)
+
+
+class _GPT2Head(PreTrainedModel):
+    config_class = GPT2Config
+    hf_prefix = "transformer"
+    base_attr = "transformer"
+
+    def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
+        return self.transformer.init_cache(batch, max_len, dtype)
+
+
+class GPT2LMHeadModel(_GPT2Head):
+    hf_architecture = "GPT2LMHeadModel"
+
+    def __init__(self, cfg: GPT2Config, *, options: Options = Options(), rngs: nnx.Rngs):
+        self.config = cfg
+        self.transformer = GPT2Model(cfg, options=options, rngs=rngs)
+        tied = cfg.tie_word_embeddings
+        self.lm_head = None if tied else Dense(
+            cfg.n_embd, cfg.vocab_size, axes=("embed", "vocab"), use_bias=False, opts=options, rngs=rngs
+        )
+
+    def __call__(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None, *,
+                 logits_to_keep: int = 0, output_hidden_states: bool = False) -> CausalLMOutput:  # fmt: skip
+        """Next-token logits `[B, T, V]` (only the last `logits_to_keep` positions if > 0) and the updated cache."""
+        out = self.transformer(input_ids, attention_mask, position_ids, cache, output_hidden_states=output_hidden_states)
+        x = out.last_hidden_state[:, -logits_to_keep:] if logits_to_keep else out.last_hidden_state
+        logits = self.transformer.wte.attend(x) if self.lm_head is None else self.lm_head(x)
+        logits = constrain(logits, ("act_batch", "act_seq", "act_vocab"))
+        return CausalLMOutput(logits=logits, cache=out.cache, hidden_states=out.hidden_states)
+
+
+class GPT2ForSequenceClassification(_GPT2Head):
+    hf_architecture = "GPT2ForSequenceClassification"
+
+    def __init__(self, cfg: GPT2Config, *, options: Options = Options(), rngs: nnx.Rngs):
+        self.config = cfg
+        self.transformer = GPT2Model(cfg, options=options, rngs=rngs)
+        n = len(cfg.extra["id2label"]) if "id2label" in cfg.extra else int(cfg.extra.get("num_labels", 2))
+        self.score = Dense(cfg.n_embd, n, axes=("embed", "labels"), use_bias=False, opts=options, rngs=rngs)
+
+    def __call__(self, input_ids, attention_mask=None, position_ids=None, *,
+                 output_hidden_states: bool = False) -> SequenceClassifierOutput:  # fmt: skip
+        """Logits `[B, num_labels]` read at each row's last non-padding token (HF's rule)."""
+        ids, mask = check_input_ids(input_ids, attention_mask)
+        out = self.transformer(ids, mask, position_ids, output_hidden_states=output_hidden_states)
+        logits = self.score(out.last_hidden_state)  # [B, T, num_labels]
+        pad = self.config.pad_token_id
+        real = (ids != pad) if pad is not None else mask.astype(bool)
+        last = jnp.argmax(jnp.arange(ids.shape[1]) * real, axis=-1)
+        return SequenceClassifierOutput(logits=logits[jnp.arange(ids.shape[0]), last], hidden_states=out.hidden_states)
+
+
+TASKS = {"base": GPT2Model, "causal-lm": GPT2LMHeadModel, "sequence-classification": GPT2ForSequenceClassification}
+
+_L = "h.*."
+_B = "h.block."
+_HEADS = SplitAxis(-1, "n_head")
+HF_WEIGHTS = (
+    Rule("wte.weight", "wte.embedding"),
+    Rule("wpe.weight", "wpe.embedding"),
+    Rule(_L + "ln_1.weight", _B + "ln_1.scale"),
+    Rule(_L + "ln_1.bias", _B + "ln_1.bias"),
+    Rule(_L + "attn.c_attn.weight", _B + "attn.q_proj.kernel", Chunk(0, 3, -1), _HEADS),
+    Rule(_L + "attn.c_attn.weight", _B + "attn.k_proj.kernel", Chunk(1, 3, -1), _HEADS),
+    Rule(_L + "attn.c_attn.weight", _B + "attn.v_proj.kernel", Chunk(2, 3, -1), _HEADS),
+    Rule(_L + "attn.c_attn.bias", _B + "attn.q_proj.bias", Chunk(0, 3, 0), SplitAxis(0, "n_head")),
+    Rule(_L + "attn.c_attn.bias", _B + "attn.k_proj.bias", Chunk(1, 3, 0), SplitAxis(0, "n_head")),
+    Rule(_L + "attn.c_attn.bias", _B + "attn.v_proj.bias", Chunk(2, 3, 0), SplitAxis(0, "n_head")),
+    Rule(_L + "attn.c_proj.weight", _B + "attn.c_proj.kernel", SplitAxis(0, "n_head")),
+    Rule(_L + "attn.c_proj.bias", _B + "attn.c_proj.bias"),
+    Rule(_L + "ln_2.weight", _B + "ln_2.scale"),
+    Rule(_L + "ln_2.bias", _B + "ln_2.bias"),
+    Rule(_L + "mlp.c_fc.weight", _B + "mlp.c_fc.kernel"),
+    Rule(_L + "mlp.c_fc.bias", _B + "mlp.c_fc.bias"),
+    Rule(_L + "mlp.c_proj.weight", _B + "mlp.c_proj.kernel"),
+    Rule(_L + "mlp.c_proj.bias", _B + "mlp.c_proj.bias"),
+    Rule("ln_f.weight", "ln_f.scale"),
+    Rule("ln_f.bias", "ln_f.bias"),
+    Ignore("h.*.attn.bias"),  # old checkpoints store the causal-mask buffer
+    Ignore("h.*.attn.masked_bias"),
+    Rule("lm_head.weight", "lm_head.kernel", T(), unless="tie_word_embeddings", head=True),
+    Rule("score.weight", "score.kernel", T(), head=True),
+)
+for _cls in TASKS.values():
+    _cls.hf_weights = HF_WEIGHTS

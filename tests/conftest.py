@@ -1,0 +1,76 @@
+"""Shared test setup: float32 matmuls at full precision, and tiny random HF reference models built on the fly.
+
+`tiny_hf(name)` builds a tiny random `transformers` model (odd sizes so transposes cannot hide), saves it with
+`save_pretrained` into a session temp dir once, and returns `(directory, torch_model)`.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+# name -> (transformers config class, config kwargs, transformers model class)
+_COMMON_DEC = dict(vocab_size=97, hidden_size=48, num_attention_heads=6, num_key_value_heads=2, head_dim=10,
+                   intermediate_size=37, num_hidden_layers=2, max_position_embeddings=64, pad_token_id=0,
+                   bos_token_id=1, eos_token_id=2, num_labels=3)  # fmt: skip
+_BERT = dict(vocab_size=97, hidden_size=48, num_attention_heads=6, intermediate_size=37, num_hidden_layers=2,
+             max_position_embeddings=64, type_vocab_size=2, num_labels=3)  # fmt: skip
+_GPT2 = dict(vocab_size=97, n_embd=48, n_head=6, n_layer=2, n_positions=64, n_inner=37, bos_token_id=1,
+             eos_token_id=2, pad_token_id=0, num_labels=3)  # fmt: skip
+
+CONFIGS = {
+    "bert": ("BertConfig", _BERT),
+    "gpt2": ("GPT2Config", _GPT2),
+    "llama": ("LlamaConfig", _COMMON_DEC),
+    "llama-tied-bias": ("LlamaConfig", {**_COMMON_DEC, "tie_word_embeddings": True, "attention_bias": True,
+                                        "mlp_bias": True})  # fmt: skip
+    ,
+    "llama-rope-linear": ("LlamaConfig", {**_COMMON_DEC, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
+    "llama-rope-dynamic": ("LlamaConfig", {**_COMMON_DEC, "max_position_embeddings": 8,
+                                           "rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}),  # fmt: skip
+    "llama-rope-llama3": ("LlamaConfig", {**_COMMON_DEC, "rope_scaling": {
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16}}),  # fmt: skip
+    "mistral": ("MistralConfig", {**_COMMON_DEC, "sliding_window": 3}),
+    "qwen2": ("Qwen2Config", {**_COMMON_DEC, "use_sliding_window": True, "sliding_window": 3,
+                              "max_window_layers": 1}),  # fmt: skip
+    "gemma": ("GemmaConfig", {**_COMMON_DEC, "hidden_act": "gelu_pytorch_tanh"}),
+}
+
+
+def build_tiny(name: str, hf_class: str, directory, seed: int = 0, **overrides):
+    import torch
+    import transformers
+
+    cfg_cls, kwargs = CONFIGS[name]
+    cfg = getattr(transformers, cfg_cls)(**{**kwargs, **overrides})
+    torch.manual_seed(seed)
+    model = getattr(transformers, hf_class)(cfg).eval()
+    with torch.no_grad():  # random (not zero) biases and norm weights, so every parameter matters
+        for n, p in model.named_parameters():
+            if n.endswith("bias") or "norm" in n.lower():
+                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if n.endswith("weight") and "gemma" not in name else 0.0))
+    model.save_pretrained(directory)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory):
+    cache = {}
+
+    def get(name: str, hf_class: str):
+        key = (name, hf_class)
+        if key not in cache:
+            directory = tmp_path_factory.mktemp(f"{name}-{hf_class}")
+            extra = {"num_labels": 2} if "QuestionAnswering" in hf_class else {}
+            cache[key] = (directory, build_tiny(name, hf_class, directory, **extra))
+        return cache[key]
+
+    return get
