@@ -25,7 +25,7 @@ from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers
 
 from jaxformers.hub import HubOptions, is_local, resolve_file
 
-__all__ = ["AutoTokenizer", "BatchEncoding", "Tokenizer"]
+__all__ = ["AutoTokenizer", "BatchEncoding", "Tokenizer", "render_chat_template"]
 
 VERY_LARGE_INTEGER = int(1e30)  # transformers' "no limit" model_max_length
 LARGE_INTEGER = int(1e20)  # above this, model_max_length counts as unset

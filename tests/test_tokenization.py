@@ -14,10 +14,11 @@ import jax
 import numpy as np
 import pytest
 import tokenizers
+
 import tokenizer_fixtures as fx
+from jaxformers.tokenization import AutoTokenizer, BatchEncoding, Tokenizer
 
 transformers = pytest.importorskip("transformers")
-from jaxformers.tokenization import AutoTokenizer, BatchEncoding, Tokenizer  # noqa: E402
 
 TEXTS = [
     "Hello world",
@@ -385,6 +386,21 @@ def test_direct_construction_matches_transformers():
         assert dict(ours(text, return_tensors=None)) == hf_dict(hf(text))
     ours.add_eos_token = hf.add_eos_token = False
     assert dict(ours(TEXTS[0], return_tensors=None)) == hf_dict(hf(TEXTS[0]))
+
+
+def test_hub_repo_id_from_cache(dirs, tmp_path):
+    """A repo id resolves through the huggingface_hub cache (offline), hub keywords included."""
+    snapshot = tmp_path / "models--acme--tiny-bert" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(dirs["minilm_json"] / name, snapshot / name)
+    (tmp_path / "models--acme--tiny-bert" / "refs").mkdir()
+    (tmp_path / "models--acme--tiny-bert" / "refs" / "main").write_text("0" * 40)
+    ours = AutoTokenizer.from_pretrained("acme/tiny-bert", cache_dir=tmp_path, local_files_only=True)
+    hf = transformers.AutoTokenizer.from_pretrained(dirs["minilm_json"])
+    assert dict(ours(TEXTS, padding=True, return_tensors=None)) == hf_dict(hf(TEXTS, padding=True))
+    with pytest.raises(FileNotFoundError, match="acme/absent"):
+        AutoTokenizer.from_pretrained("acme/absent", cache_dir=tmp_path, local_files_only=True)
 
 
 def test_missing_files(tmp_path):
