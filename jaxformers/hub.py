@@ -63,10 +63,7 @@ def resolve_file(
                 token=opts.token,
             )
         )
-    except (hf_errors.EntryNotFoundError, hf_errors.RemoteEntryNotFoundError) as e:
-        if required:
-            raise FileNotFoundError(f"{filename} does not exist in the hub repo {repo_id}.") from e
-        return None
+    # LocalEntryNotFoundError subclasses EntryNotFoundError: it must be caught first.
     except hf_errors.LocalEntryNotFoundError as e:
         if _offline(opts):
             if not required and _repo_is_cached(repo_id, opts):
@@ -78,6 +75,10 @@ def resolve_file(
             ) from e
         if required:
             raise FileNotFoundError(f"Could not fetch {repo_id}/{filename}: {e}") from e
+        return None
+    except (hf_errors.EntryNotFoundError, hf_errors.RemoteEntryNotFoundError) as e:
+        if required:
+            raise FileNotFoundError(f"{filename} does not exist in the hub repo {repo_id}.") from e
         return None
     except hf_errors.RepositoryNotFoundError as e:
         raise FileNotFoundError(f"{repo_id!r} is not a local directory and no hub repo of that name exists.") from e
