@@ -46,11 +46,15 @@ def _full_target(rule: Rule, base_prefix: str | None) -> str:
     return rule.target if rule.head or not base_prefix else f"{base_prefix}.{rule.target}"
 
 
-def plan_load(rules, cfg, targets: dict[str, Target], source, *, base_prefix: str | None, hf_prefix: str) -> Plan:
+def plan_load(
+    rules, cfg, targets: dict[str, Target], source, *, base_prefix: str | None, hf_prefix: str, optional=()
+) -> Plan:
     """Match source keys to targets and check totality and shapes; raise one ConversionError listing all problems.
 
     base_prefix: attribute holding the base model in this class (None for the base model itself).
     hf_prefix: the HF key prefix of the base model in head checkpoints (`bert`, `model`, `transformer`).
+    optional: base-model path prefixes that may be absent and are then freshly initialised (BERT's pooler,
+      which masked-LM checkpoints do not have); head parameters are always optional.
     """
     plan, problems = Plan(), []
     active = [r for r in rules if isinstance(r, Rule) and r.active(cfg)]
@@ -84,7 +88,8 @@ def plan_load(rules, cfg, targets: dict[str, Target], source, *, base_prefix: st
     for path, tgt in targets.items():
         if path not in plan.sources:
             head_param = base_prefix is not None and not path.startswith(base_prefix + ".")
-            if head_param:
+            rel = path[len(base_prefix) + 1 :] if base_prefix and not head_param else path
+            if head_param or rel.startswith(tuple(optional)):
                 plan.missing_head.append(path)
             else:
                 problems.append(f"parameter {path} {tgt.shape} not found in the checkpoint")
@@ -104,7 +109,7 @@ def _check_shapes(rule: Rule, keys: dict, tgt: Target, source, cfg) -> list[str]
         if set(keys) != want:
             missing = sorted(want - set(keys))
             extra = sorted(set(keys) - want)
-            return [f"{tgt.path}: layers {missing} missing / {extra} unexpected (config has {tgt.shape[0]} layers)"]
+            out.append(f"{tgt.path}: layers {missing} missing / {extra} unexpected (config has {tgt.shape[0]} layers)")
     for layer, key in sorted(keys.items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
         shape = source.shape(key)
         try:

@@ -20,6 +20,7 @@ class PreTrainedModel(nnx.Module):
     hf_prefix: HF key prefix of the base model inside head checkpoints (`bert`, `model`, `transformer`).
     base_attr: attribute holding the base model in head classes (None for the base model itself).
     hf_weights: the declarative conversion table of the model file.
+    init_if_missing: base-model parameter prefixes that are freshly initialised (with a warning) when absent.
     """
 
     config_class: ClassVar[type]
@@ -27,6 +28,7 @@ class PreTrainedModel(nnx.Module):
     hf_prefix: ClassVar[str]
     base_attr: ClassVar[str | None] = None
     hf_weights: ClassVar[tuple] = ()
+    init_if_missing: ClassVar[tuple[str, ...]] = ()  # base-model path prefixes a checkpoint may lack (BERT pooler)
 
     @classmethod
     def from_pretrained(cls, name_or_path, **kwargs):

@@ -133,13 +133,14 @@ class BertModel(PreTrainedModel):
     config_class = BertConfig
     hf_architecture = "BertModel"
     hf_prefix = "bert"
+    init_if_missing = ("pooler.",)  # masked-LM checkpoints have no pooler; HF initialises it too
 
     def __init__(self, cfg: BertConfig, *, options: Options = Options(), rngs: nnx.Rngs, add_pooling_layer=True):
         self.config = cfg
         self.embeddings = Embeddings(cfg, opts=options, rngs=rngs)
         self.encoder = Encoder(cfg, opts=options, rngs=rngs)
         d = cfg.hidden_size
-        self.pooler = Dense(d, d, axes=("embed", None), opts=options, rngs=rngs) if add_pooling_layer else None
+        self.pooler = Dense(d, d, axes=("embed", "mlp"), opts=options, rngs=rngs) if add_pooling_layer else None
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
                  output_hidden_states: bool = False) -> BaseModelOutput:  # fmt: skip
@@ -162,12 +163,13 @@ class _BertHead(PreTrainedModel):
     config_class = BertConfig
     hf_prefix = "bert"
     base_attr = "bert"
+    init_if_missing = ("pooler.",)
 
 
 class LMPredictionHead(nnx.Module):
     def __init__(self, cfg: BertConfig, *, opts: Options, rngs: nnx.Rngs):
         d = cfg.hidden_size
-        self.transform_dense = Dense(d, d, axes=("embed", None), opts=opts, rngs=rngs)
+        self.transform_dense = Dense(d, d, axes=("embed", "mlp"), opts=opts, rngs=rngs)  # D -> D: output as mlp
         self.transform_LayerNorm = LayerNorm(d, eps=cfg.layer_norm_eps, opts=opts, rngs=rngs)
         self.act = activation(cfg.hidden_act)
         untied = not cfg.tie_word_embeddings
@@ -229,7 +231,9 @@ class BertForQuestionAnswering(_BertHead):
     def __init__(self, cfg: BertConfig, *, options: Options = Options(), rngs: nnx.Rngs):
         self.config = cfg
         self.bert = BertModel(cfg, options=options, rngs=rngs, add_pooling_layer=False)
-        self.qa_outputs = Dense(cfg.hidden_size, cfg.num_labels, axes=("embed", None), opts=options, rngs=rngs)  # HF: 2
+        self.qa_outputs = Dense(  # HF: 2 labels
+            cfg.hidden_size, cfg.num_labels, axes=("embed", "labels"), opts=options, rngs=rngs
+        )
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
                  output_hidden_states: bool = False) -> QuestionAnsweringOutput:  # fmt: skip
