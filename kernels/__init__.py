@@ -113,4 +113,4 @@ def decode_attention(
     )
 
 
-__all__ = ["flash_attention", "decode_attention"]
+__all__ = ["decode_attention", "flash_attention"]

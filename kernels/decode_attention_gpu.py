@@ -147,12 +147,15 @@ def _decode_call(lengths, offsets, qr, k, v, key_mask, cfg: _Config):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def _decode(q, k, v, lengths, key_mask, cfg: _Config):
-    b, t, n, h = q.shape
+    _, t, n, h = q.shape
     kh = k.shape[2]
     rows = max(MIN_BLOCK, 1 << math.ceil(math.log2(t * (n // kh))))
     h_pad = max(MIN_BLOCK, 1 << math.ceil(math.log2(h)))
     s_pad = cfg.block_k * cfg.blocks_per_split * cfg.num_splits
-    pad = lambda x, length: jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0), (0, h_pad - h)))  # noqa: E731
+
+    def pad(x, length):
+        return jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0), (0, h_pad - h)))
+
     qr = jnp.pad(_common.decode_rows(q, kh, rows), ((0, 0),) * 3 + ((0, h_pad - h),))  # [B, K, R, Hp]
     offsets = jnp.asarray(_common.decode_row_offsets(t, n // kh, rows))
     if key_mask is not None:
@@ -200,7 +203,7 @@ def decode_attention(
     Returns:
       `[B, T, N, H]` in q's dtype.
     """
-    b, t, s, n, kh, h = _common.check_qkv(q, k_cache, v_cache)
+    b, t, s, _, kh, h = _common.check_qkv(q, k_cache, v_cache)
     bs = block_sizes or BlockSizes.default_for(s, h, q.dtype)
     block_k = min(bs.block_k, max(MIN_BLOCK, 1 << math.ceil(math.log2(s))))
     n_blocks = _common.cdiv(s, block_k)

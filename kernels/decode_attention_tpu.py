@@ -155,7 +155,9 @@ def _decode_call(lengths, offsets, qr, k, v, key_mask, cfg: _Config):
     ]
     args = [jnp.broadcast_to(offsets[:, None], (rows, NUM_LANES)), qr, k, v]
     if key_mask is not None:
-        in_specs.append(pl.BlockSpec((None, NUM_SUBLANES, bk), lambda bi, kh_, p, j, lens: (bi, 0, block(bi, p, j, lens))))
+        in_specs.append(
+            pl.BlockSpec((None, NUM_SUBLANES, bk), lambda bi, kh_, p, j, lens: (bi, 0, block(bi, p, j, lens)))
+        )
         args.append(jnp.broadcast_to(key_mask[:, None, :], (b, NUM_SUBLANES, key_mask.shape[1])))
     o, lse = pl.pallas_call(
         functools.partial(_decode_kernel, cfg=cfg, has_key_mask=key_mask is not None),
@@ -237,7 +239,7 @@ def decode_attention(
     Returns:
       `[B, T, N, H]` in q's dtype.
     """
-    b, t, s, n, kh, h = _common.check_qkv(q, k_cache, v_cache)
+    _, t, s, _, _, h = _common.check_qkv(q, k_cache, v_cache)
     bs = block_sizes or BlockSizes.default_for(s, h, q.dtype)
     block_k = min(bs.block_k, _common.round_up(s, NUM_LANES))
     n_blocks = _common.cdiv(s, block_k)

@@ -260,7 +260,7 @@ def _fwd_call(q, k, v, ids, cfg: _Config):
 
 
 def _dq_call(q, k, v, do, lse, delta, ids, cfg: _Config):
-    b, t_pad, n, h = q.shape
+    b, _, n, h = q.shape
     s_pad, groups = k.shape[1], cfg.groups
     geom = cfg.dq
     bq = geom.block_q
@@ -287,8 +287,8 @@ def _dq_call(q, k, v, do, lse, delta, ids, cfg: _Config):
 
 
 def _dkv_call(q, k, v, do, lse, delta, ids, cfg: _Config):
-    b, t_pad, n, h = q.shape
-    s_pad, kh, groups = k.shape[1], k.shape[2], cfg.groups
+    b, t_pad, _, h = q.shape
+    kh, groups = k.shape[2], cfg.groups
     geom = cfg.dkv
     bk = geom.block_k
     q_spec = pl.BlockSpec((None, t_pad, groups, h), lambda j, bi, kh_: (bi, 0, kh_, 0))  # the group's G heads
@@ -358,12 +358,15 @@ def flash_attention(
     Returns:
       `[B, T, N, H]` in q's dtype.
     """
-    b, t, s, n, kh, h = _common.check_qkv(q, k, v)
+    _, t, s, n, kh, h = _common.check_qkv(q, k, v)
     ids = _common.normalize_segment_ids(segment_ids, t, s)
     bs = block_sizes or BlockSizes.default_for(t, s, h, q.dtype)
     t_pad, (bq, bq_dq, bq_dkv) = _common.padded_length(t, (bs.block_q, bs.block_q_dq, bs.block_q_dkv), MIN_BLOCK, True)
     s_pad, (bk, bk_dq, bk_dkv) = _common.padded_length(s, (bs.block_k, bs.block_k_dq, bs.block_k_dkv), MIN_BLOCK, True)
-    geom = lambda bq_, bk_: Geometry(causal, sliding_window, s, bq_, bk_, t_pad // bq_, s_pad // bk_)  # noqa: E731
+
+    def geom(bq_, bk_):
+        return Geometry(causal, sliding_window, s, bq_, bk_, t_pad // bq_, s_pad // bk_)
+
     scale = h**-0.5 if scale is None else float(scale)
     cfg = _Config(geom(bq, bk), geom(bq_dq, bk_dq), geom(bq_dkv, bk_dkv), n // kh, scale, softcap, bs, bool(interpret))
     h_pad = max(MIN_BLOCK, 1 << math.ceil(math.log2(h)))  # Triton tiles are powers of two; zero columns change nothing

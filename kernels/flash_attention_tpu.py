@@ -91,9 +91,18 @@ def _seq_spec(cfg: _Config, rows: int, h: int, index_map):
     With H a multiple of 128 the kernels read `[B, L, heads * H]` views (no transpose: the tile's last two dims are
     `(rows, H)`, legal for Mosaic); otherwise they read head-major `[B, heads, L, H]` copies.
     """
+
+    def merged(*grid):
+        b, n, i = index_map(*grid)
+        return b, i, n
+
+    def head_major(*grid):
+        b, n, i = index_map(*grid)
+        return b, n, i, 0
+
     if cfg.merged:
-        return pl.BlockSpec((None, rows, h), lambda *g: (lambda b, n, i: (b, i, n))(*index_map(*g)))
-    return pl.BlockSpec((None, None, rows, h), lambda *g: (lambda b, n, i: (b, n, i, 0))(*index_map(*g)))
+        return pl.BlockSpec((None, rows, h), merged)
+    return pl.BlockSpec((None, None, rows, h), head_major)
 
 
 def _to_kernel_layout(x, merged: bool):
@@ -317,8 +326,7 @@ def _dq_call(q, k, v, do, lse, delta, ids, cfg: _Config):
     kv_spec = _seq_spec(cfg, bk, h, lambda bi, ni, i, j: (bi, lax.div(ni, groups), kv_block(i, j)))
     row_spec = pl.BlockSpec((None, None, bq, NUM_LANES), lambda bi, ni, i, j: (bi, ni, i, 0))
     in_specs = [q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec]
-    lanes = lambda x: jnp.broadcast_to(x[..., None], (*x.shape, NUM_LANES))  # noqa: E731
-    args = [q, k, v, do, lanes(lse), lanes(delta)]
+    args = [q, k, v, do, _rows_lanes(lse), _rows_lanes(delta)]
     if ids is not None:
         in_specs += [
             pl.BlockSpec((None, bq, NUM_LANES), lambda bi, ni, i, j: (bi, i, 0)),
@@ -354,8 +362,7 @@ def _dkv_call(q, k, v, do, lse, delta, ids, cfg: _Config):
         (None, None, NUM_SUBLANES, bq), lambda bi, kh_, ki, g, j: (bi, kh_ * groups + g, 0, q_block(ki, j))
     )
     in_specs = [q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec]
-    sublanes = lambda x: jnp.broadcast_to(x[..., None, :], (*x.shape[:-1], NUM_SUBLANES, x.shape[-1]))  # noqa: E731
-    args = [q, k, v, do, sublanes(lse), sublanes(delta)]
+    args = [q, k, v, do, _rows_sublanes(lse), _rows_sublanes(delta)]
     if ids is not None:
         in_specs += [
             pl.BlockSpec((None, NUM_SUBLANES, bq), lambda bi, kh_, ki, g, j: (bi, 0, q_block(ki, j))),
@@ -374,6 +381,14 @@ def _dkv_call(q, k, v, do, lse, delta, ids, cfg: _Config):
         interpret=cfg.interpret,
         name="jaxformers_flash_dkv_tpu",
     )(*args)
+
+
+def _rows_lanes(x):
+    return jnp.broadcast_to(x[..., None], (*x.shape, NUM_LANES))  # [B, N, Tp] -> [B, N, Tp, 128]
+
+
+def _rows_sublanes(x):
+    return jnp.broadcast_to(x[..., None, :], (*x.shape[:-1], NUM_SUBLANES, x.shape[-1]))  # -> [B, N, 8, Tp]
 
 
 def _ids_lanes(x):
@@ -396,8 +411,8 @@ def _flash_fwd(q, k, v, ids, cfg: _Config):
 
 def _flash_bwd(cfg: _Config, res, do):
     q, k, v, ids, out, lse = res
-    heads = lambda x: _from_kernel_layout(x.astype(jnp.float32), cfg.merged, cfg.head_dim)  # noqa: E731
-    delta = jnp.einsum("BTNH,BTNH->BNT", heads(out), heads(do))  # rowsum(dO * O)
+    out_h, do_h = (_from_kernel_layout(x.astype(jnp.float32), cfg.merged, cfg.head_dim) for x in (out, do))
+    delta = jnp.einsum("BTNH,BTNH->BNT", out_h, do_h)  # rowsum(dO * O)
     dq = _dq_call(q, k, v, do, lse, delta, ids, cfg)
     dk, dv = _dkv_call(q, k, v, do, lse, delta, ids, cfg)
     return dq, dk, dv, None
@@ -435,16 +450,22 @@ def flash_attention(
     Returns:
       `[B, T, N, H]` in q's dtype.
     """
-    b, t, s, n, kh, h = _common.check_qkv(q, k, v)
+    _, t, s, n, kh, h = _common.check_qkv(q, k, v)
     ids = _common.normalize_segment_ids(segment_ids, t, s)
     bs = block_sizes or BlockSizes.default_for(t, s, h, q.dtype)
     t_pad, (bq, bq_bwd) = _common.padded_length(t, (bs.block_q, bs.block_q_bwd), NUM_SUBLANES)
     s_pad, (bk, bk_bwd) = _common.padded_length(s, (bs.block_k, bs.block_k_bwd), NUM_LANES)
-    geom = lambda bq_, bk_: Geometry(causal, sliding_window, s, bq_, bk_, t_pad // bq_, s_pad // bk_)  # noqa: E731
+
+    def geom(bq_, bk_):
+        return Geometry(causal, sliding_window, s, bq_, bk_, t_pad // bq_, s_pad // bk_)
+
     scale = h**-0.5 if scale is None else float(scale)
     merged = h % NUM_LANES == 0
     cfg = _Config(geom(bq, bk), geom(bq_bwd, bk_bwd), n, kh, h, merged, scale, softcap, interpret_params(interpret))
-    pad = lambda x, length: jnp.pad(x, ((0, 0), (0, length - x.shape[1])) + ((0, 0),) * (x.ndim - 2))  # noqa: E731
+
+    def pad(x, length):
+        return jnp.pad(x, ((0, 0), (0, length - x.shape[1])) + ((0, 0),) * (x.ndim - 2))
+
     qk, kk, vk = (_to_kernel_layout(pad(x, length), merged) for x, length in ((q, t_pad), (k, s_pad), (v, s_pad)))
     if ids is not None:
         ids = (pad(ids[0], t_pad), pad(ids[1], s_pad))
