@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import tokenizers
 from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors
@@ -133,6 +134,15 @@ class BatchEncoding(dict):
     def sequence_ids(self, batch_index: int = 0) -> list[int | None]:
         """0 or 1 for tokens of the first or second text of row `batch_index`, None for special tokens."""
         return self.encodings[batch_index].sequence_ids
+
+
+# A pytree like the dict it is (keys sorted as for dicts), so a batch goes straight into `jax.jit` functions; the
+# per-row `encodings` are host-side metadata and do not cross the jit boundary.
+jax.tree_util.register_pytree_with_keys(
+    BatchEncoding,
+    lambda b: ([(jax.tree_util.DictKey(k), b[k]) for k in sorted(b)], tuple(sorted(b))),
+    lambda keys, values: BatchEncoding(dict(zip(keys, values))),
+)
 
 
 def _special_token_property(name: str) -> property:
