@@ -70,3 +70,11 @@ def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
     t = attention_mask.shape[-1]
     first = jnp.argmax(attention_mask, axis=-1)[..., None]  # [B, 1] index of the first real token
     return jnp.maximum(jnp.arange(t)[None, :] - first, 0).astype(jnp.int32)
+
+
+def last_token(x: jax.Array, input_ids: jax.Array, attention_mask: jax.Array, pad_token_id: int | None) -> jax.Array:
+    """Rows of `x [B, T, ...]` at each sequence's last real token: HF's rule for decoder sequence classification
+    (rightmost token that is not `pad_token_id`; without a pad id, the last position the mask marks real)."""
+    real = (input_ids != pad_token_id) if pad_token_id is not None else attention_mask.astype(bool)
+    last = jnp.argmax(jnp.arange(input_ids.shape[1]) * real, axis=-1)
+    return x[jnp.arange(input_ids.shape[0]), last]

@@ -16,7 +16,7 @@ from jaxformers.core.cache import KVCache, update_layer
 from jaxformers.core.config import HFConfig, config_class
 from jaxformers.core.decoder import decoder_positions, run_layers
 from jaxformers.core.layers import Dense, Embed, LayerNorm, Stacked, activation
-from jaxformers.core.modeling import PreTrainedModel, check_input_ids
+from jaxformers.core.modeling import PreTrainedModel, check_input_ids, last_token
 from jaxformers.core.options import Options
 from jaxformers.core.outputs import BaseModelOutput, CausalLMOutput, SequenceClassifierOutput
 from jaxformers.core.sharding import constrain
@@ -203,10 +203,8 @@ class GPT2ForSequenceClassification(_GPT2Head):
         ids, mask = check_input_ids(input_ids, attention_mask)
         out = self.transformer(ids, mask, position_ids, output_hidden_states=output_hidden_states)
         logits = self.score(out.last_hidden_state)  # [B, T, num_labels]
-        pad = self.config.pad_token_id
-        real = (ids != pad) if pad is not None else mask.astype(bool)
-        last = jnp.argmax(jnp.arange(ids.shape[1]) * real, axis=-1)
-        return SequenceClassifierOutput(logits=logits[jnp.arange(ids.shape[0]), last], hidden_states=out.hidden_states)
+        logits = last_token(logits, ids, mask, self.config.pad_token_id)
+        return SequenceClassifierOutput(logits=logits, hidden_states=out.hidden_states)
 
 
 TASKS = {"base": GPT2Model, "causal-lm": GPT2LMHeadModel, "sequence-classification": GPT2ForSequenceClassification}

@@ -23,7 +23,7 @@ from jaxformers.core.cache import KVCache, update_layer
 from jaxformers.core.config import HFConfig, config_class
 from jaxformers.core.layers import Dense, Embed, RMSNorm, Stacked, activation
 from jaxformers.core.decoder import decoder_positions, run_layers
-from jaxformers.core.modeling import PreTrainedModel, check_input_ids
+from jaxformers.core.modeling import PreTrainedModel, check_input_ids, last_token
 from jaxformers.core.options import Options
 from jaxformers.core.outputs import BaseModelOutput, CausalLMOutput, SequenceClassifierOutput
 from jaxformers.core.sharding import constrain
@@ -270,15 +270,8 @@ class LlamaForSequenceClassification(_LlamaHead):
         ids, mask = check_input_ids(input_ids, attention_mask)
         out = self.model(ids, mask, position_ids, output_hidden_states=output_hidden_states)
         logits = self.score(out.last_hidden_state)  # [B, T, num_labels]
-        return SequenceClassifierOutput(logits=_last_token(logits, ids, mask, self.config.pad_token_id),
+        return SequenceClassifierOutput(logits=last_token(logits, ids, mask, self.config.pad_token_id),
                                         hidden_states=out.hidden_states)  # fmt: skip
-
-
-def _last_token(logits, ids, mask, pad_token_id):
-    """HF: the rightmost token that is not `pad_token_id`; without a pad id, the last real token of the mask."""
-    real = (ids != pad_token_id) if pad_token_id is not None else mask.astype(bool)
-    last = jnp.argmax(jnp.arange(ids.shape[1]) * real, axis=-1)
-    return logits[jnp.arange(ids.shape[0]), last]
 
 
 _TASKS = {"base": LlamaModel, "causal-lm": LlamaForCausalLM, "sequence-classification": LlamaForSequenceClassification}
