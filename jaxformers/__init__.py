@@ -16,7 +16,9 @@ from jaxformers.auto import (
 )
 from jaxformers.core.functional import pure
 from jaxformers.core.options import Options
-from jaxformers.core.sharding import DP, FSDP, FSDP_TP, REPLICATED, TP, use_mesh
+from jaxformers import distributed
+from jaxformers.core.preflight import preflight
+from jaxformers.core.sharding import DP, FSDP, FSDP_TP, REPLICATED, TP, make_mesh, shard_batch, use_mesh
 from jaxformers.loading import load, save_checkpoint, save_pretrained
 
 
@@ -47,10 +49,14 @@ __all__ = [
     "Options",
     "REPLICATED",
     "TP",
+    "distributed",
     "generate",
     "load",
+    "make_mesh",
+    "preflight",
     "pure",
     "save_checkpoint",
     "save_pretrained",
+    "shard_batch",
     "use_mesh",
 ]

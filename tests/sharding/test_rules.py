@@ -1,0 +1,143 @@
+"""Axis vocabulary, presets, mesh helpers and preflight: everything that needs no compiled model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import pytest
+from flax import nnx
+from jax.sharding import AxisType, PartitionSpec as P
+
+import jaxformers as jf
+from jaxformers import models
+from jaxformers.core import sharding as shd
+from jaxformers.core.preflight import check_mesh, preflight
+from jaxformers.models import llama
+
+from sharding_helpers import LLAMA
+
+
+# Small sizes under the HF field names the architectures use (fields a config lacks are skipped).
+TINY = dict(vocab_size=97, hidden_size=48, intermediate_size=37, num_hidden_layers=2, num_attention_heads=6,
+            num_key_value_heads=2, head_dim=8, n_embd=48, n_layer=2, n_head=6, n_inner=37, n_positions=64,
+            max_position_embeddings=64)  # fmt: skip
+
+
+def _all_model_classes():
+    for model_type, module_name in sorted(models.MODEL_TYPES.items()):
+        try:
+            module = models.architecture(model_type)
+        except ImportError as e:  # an architecture whose file is not written yet
+            pytest.fail(f"{module_name} is registered but cannot be imported: {e}")
+        tasks = module.tasks_for(model_type) if hasattr(module, "tasks_for") else module.TASKS
+        for task, cls in sorted(tasks.items()):
+            yield model_type, task, cls
+
+
+@pytest.mark.parametrize("model_type,task,cls", list(_all_model_classes()), ids=lambda x: getattr(x, "__name__", x))
+def test_every_parameter_has_logical_axes(model_type, task, cls):
+    config_cls = models.config_class(model_type)
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    cfg = config_cls.from_hf({"model_type": model_type, **{k: v for k, v in TINY.items() if k in fields}})
+    model = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0)))
+    params = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    assert len(params) > 0
+    for path, var in params:
+        axes = var.get_metadata().get("axes")
+        name = ".".join(map(str, path))
+        assert axes is not None, f"{cls.__name__}.{name} has no logical axes"
+        assert len(axes) == len(var.shape), f"{cls.__name__}.{name}: axes {axes} for shape {var.shape}"
+        bad = [a for a in axes if a not in shd.WEIGHT_AXES]
+        assert not bad, f"{cls.__name__}.{name}: {bad} are not weight axis names {shd.WEIGHT_AXES}"
+
+
+def test_make_mesh_shapes_and_errors():
+    mesh = jf.make_mesh({"fsdp": 4, "tp": 2})
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 4, "tp": 2}
+    assert all(t == AxisType.Auto for t in mesh.axis_types)
+    assert dict(jf.make_mesh().shape) == {"data": 1, "fsdp": 8, "tp": 1}
+    assert dict(jf.make_mesh((2, -1), ("data", "tp")).shape) == {"data": 2, "fsdp": 1, "tp": 4}
+    assert dict(jf.make_mesh((2, 2, 2)).shape) == {"data": 2, "fsdp": 2, "tp": 2}
+    with pytest.raises(shd.ShardingError, match="needs 16 devices but 8 are available"):
+        jf.make_mesh({"fsdp": 16})
+    with pytest.raises(shd.ShardingError, match="knows the axes"):
+        jf.make_mesh({"model": 8})
+
+
+def test_unknown_axes_in_rules_are_rejected():
+    mesh = jf.make_mesh({"fsdp": 8})
+    with pytest.raises(shd.ShardingError, match="unknown logical axis 'embedding'"):
+        shd.resolve_rules((("embedding", "fsdp"),), mesh)
+    with pytest.raises(shd.ShardingError, match="names mesh axis 'fsdpp'"):
+        shd.resolve_rules((("embed", "fsdpp"),), mesh)
+    with pytest.raises(shd.ShardingError, match="unknown sharding preset"):
+        shd.resolve_rules("zero3", mesh)
+    with pytest.raises(shd.ShardingError, match="names mesh axis 'fsdpp'"), jf.use_mesh(mesh, (("embed", "fsdpp"),)):
+        pass
+
+
+def test_partition_specs_per_preset():
+    mesh = jf.make_mesh({"fsdp": 2, "tp": 4})
+    shape = dict(mesh.shape)
+    q = ("layers", "embed", "heads", "head_dim")
+    expected = {
+        "replicated": P(None, None, None, None),
+        "dp": P(None, None, None, None),
+        "fsdp": P(None, "fsdp", None, None),
+        "tp": P(None, None, "tp", None),
+        "fsdp_tp": P(None, "fsdp", "tp", None),
+    }
+    for name, spec in expected.items():
+        assert shd.logical_spec(q, shd.PRESETS[name], shape, (2, 64, 8, 8)) == spec, name
+    # vocab and embed both map to fsdp: the first divisible one takes it, the other stays replicated
+    assert shd.logical_spec(("vocab", "embed"), jf.FSDP, shape, (128, 64)) == P("fsdp", None)
+    assert shd.logical_spec(("vocab", "embed"), jf.FSDP, shape, (97, 64)) == P(None, "fsdp")
+    # batch over (data, fsdp); size-1 axes are dropped
+    assert shd.logical_spec(("act_batch", "act_seq"), jf.FSDP, shape) == P("fsdp", None)
+    assert shd.logical_spec(("act_batch",), jf.FSDP, {"data": 2, "fsdp": 4, "tp": 1}) == P(("data", "fsdp"))
+
+
+def test_constrain_is_identity_without_mesh():
+    x = jax.numpy.ones((3, 5))
+    assert shd.constrain(x, ("act_batch", "act_embed")) is x
+
+
+def _abstract_llama(**overrides):
+    cfg = llama.LlamaConfig.from_hf({**LLAMA, **overrides})
+    return nnx.eval_shape(lambda: llama.LlamaForCausalLM(cfg, rngs=nnx.Rngs(0)))
+
+
+def test_preflight_reports_what_to_change():
+    model = _abstract_llama(num_attention_heads=6, num_key_value_heads=2)
+    mesh = jf.make_mesh({"tp": 4})
+    with pytest.raises(shd.ShardingError) as err:
+        preflight(model, mesh, jf.TP, batch_size=8)
+    msg = str(err.value)
+    assert "heads = 6 is not divisible by mesh axis 'tp' (size 4)" in msg and "use tp in [1, 2, 3, 6]" in msg
+    # kv heads below the TP degree are replicated on purpose: a warning, not an error
+    report = preflight(_abstract_llama(), jf.make_mesh({"tp": 8}), jf.TP, raise_errors=False)
+    assert not report.errors
+    assert any("kv_heads = 4 is not divisible by mesh axis 'tp' (size 8)" in w for w in report.warnings)
+    # FSDP over 8 devices: every parameter split 8 ways
+    report = preflight(_abstract_llama(), jf.make_mesh({"fsdp": 8}), jf.FSDP)
+    total = sum(v.size * 4 for _, v in nnx.to_flat_state(nnx.state(_abstract_llama(), nnx.Param)))
+    assert report.param_bytes_per_device == total // 8
+
+
+def test_preflight_batch_and_mesh_errors():
+    mesh = jf.make_mesh({"data": 2, "fsdp": 4})
+    with pytest.raises(shd.ShardingError, match=r"batch size 6 is not divisible by 8.*data=2, fsdp=4.*e\.g\. 8"):
+        preflight(_abstract_llama(), mesh, jf.FSDP, batch_size=6)
+    preflight(_abstract_llama(), mesh, jf.DP, batch_size=6)  # DP splits the batch over data only
+    explicit = jax.make_mesh((8,), ("fsdp",), axis_types=(AxisType.Explicit,))
+    assert any("not AxisType.Auto" in e for e in check_mesh(explicit).errors)
+    with pytest.raises(shd.ShardingError, match="not AxisType.Auto"), jf.use_mesh(explicit, jf.FSDP):
+        pass
+
+
+def test_distributed_initialize_is_a_noop_for_one_process(monkeypatch):
+    for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        monkeypatch.delenv(var, raising=False)
+    assert jf.distributed.initialize() is False
+    assert jf.distributed.is_primary()
