@@ -28,6 +28,7 @@ from jaxformers.convert.safetensors_io import (
 )
 from jaxformers.core import sharding as shd
 from jaxformers.core.options import Options
+from jaxformers.core.preflight import check_mesh, check_params
 
 log = logging.getLogger("jaxformers")
 
@@ -53,8 +54,9 @@ def load(
       model_class / task: which class to build (e.g. `BertForMaskedLM` or "masked-lm"); default: the checkpoint's
         `architectures[0]`, else the base model.
       dtype / param_dtype / options: compute dtype, storage dtype, or a full `Options`.
-      mesh / rules: place every parameter directly on its `NamedSharding` (rules: preset name or tuple; FSDP if a
-        mesh is given without rules).
+      mesh / rules: stream every parameter directly onto its `NamedSharding` (rules: preset name or tuple; FSDP if
+        a mesh is given without rules; default: the mesh and rules of an enclosing `use_mesh`). The mesh and the
+        parameter shapes are checked first (`core.preflight`): a mis-sized mesh raises before anything is read.
       allow_pickle: permit pickled `pytorch_model.bin` (read with `torch.load(weights_only=True)`).
       gguf_file: a GGUF file name inside `name_or_path` (Llama family).
       revision, cache_dir, local_files_only, token: hub options.
@@ -67,10 +69,12 @@ def load(
         options = options.replace(dtype=dtype)
     if param_dtype is not None:
         options = options.replace(param_dtype=param_dtype)
+    if mesh is None and shd.get_mesh() is not None:  # inside `use_mesh` / `jax.set_mesh`: load onto that mesh
+        mesh, rules = shd.get_mesh(), shd.get_rules() if rules is None else rules
     if mesh is not None:
         rules = shd.resolve_rules(shd.FSDP if rules is None else rules, mesh)
 
-    if hub.is_local(name_or_path) and orbax_io.is_checkpoint(name_or_path):
+    if isinstance(name_or_path, (str, Path)) and orbax_io.is_checkpoint(name_or_path):
         return _load_orbax(Path(name_or_path), model_class, task, options, mesh, rules)
 
     if gguf_file is not None:
@@ -159,8 +163,19 @@ def _targets(abs_state, mesh, rules) -> dict[str, engine.Target]:
     return out
 
 
+def _preflight(abstract, mesh, rules) -> None:
+    """Mesh and parameter checks before anything is read or compiled (errors raise, warnings are logged)."""
+    if mesh is None:
+        return
+    report = check_mesh(mesh).extend(check_params(abstract, mesh, rules)).raise_errors()
+    for warning in report.warnings:
+        log.warning("sharding: %s", warning)
+
+
 def _build(cls, cfg, source, options: Options, mesh, rules):
-    graphdef, abs_state = nnx.split(abstract_model(cls, cfg, options))
+    abstract = abstract_model(cls, cfg, options)
+    _preflight(abstract, mesh, rules)
+    graphdef, abs_state = nnx.split(abstract)
     targets = _targets(abs_state, mesh, rules)
     plan = engine.plan_load(cls.hf_weights, cfg, targets, source, base_prefix=cls.base_attr, hf_prefix=cls.hf_prefix)
     if plan.missing_head:
@@ -229,15 +244,18 @@ def _load_orbax(directory: Path, model_class, task, options: Options, mesh, rule
     config.setdefault("architectures", [meta["architecture"]])
     cls = _choose_class(config, model_class, task)
     cfg = cls.config_class.from_hf(config)
-    graphdef, abs_state = nnx.split(abstract_model(cls, cfg, options))
+    abstract_mdl = abstract_model(cls, cfg, options)
+    _preflight(abstract_mdl, mesh, rules)
+    graphdef, abs_state = nnx.split(abstract_mdl)
     targets = _targets(abs_state, mesh, rules)
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = {}
     for path, var in nnx.to_flat_state(abs_state):
         tgt = targets[".".join(str(p) for p in path)]
         node = abstract
         for p in path[:-1]:
             node = node.setdefault(p, {})
-        node[path[-1]] = jax.ShapeDtypeStruct(tgt.shape, tgt.dtype, sharding=tgt.sharding)
+        node[path[-1]] = jax.ShapeDtypeStruct(tgt.shape, tgt.dtype, sharding=tgt.sharding or local)
     try:
         restored = orbax_io.restore(directory, abstract)
     except ValueError as e:

@@ -8,9 +8,9 @@ Layout of a checkpoint directory:
 Atomicity. A save writes everything into a hidden sibling `.NAME.partial-TOKEN`, flushes it to disk, writes the
 marker last, then swaps it into place: on Linux with one `renameat2(RENAME_EXCHANGE)` (old and new trade places
 atomically), elsewhere by moving the old checkpoint aside to `.NAME.old-TOKEN` before renaming the new one in; a save
-killed between those two renames leaves no `NAME`, and `resolve` then finds the complete old copy. So a save
-interrupted at any point leaves the previous checkpoint loadable under its name, and never a visible directory
-without a marker. Leftover hidden directories are removed by the next save to the same name. One saver per
+killed between those two renames leaves no `NAME`, and `resolve` then finds the newest complete hidden copy (the new
+one: its marker is written before the swap). So a save interrupted at any point leaves a complete checkpoint loadable
+under its name, the previous one until the swap, and never a visible directory without a marker. Leftover hidden directories are removed by the next save to the same name. One saver per
 directory at a time; the directory must be on a filesystem all processes share.
 
 Restoring reads the saved global arrays onto whatever shardings the caller asks for (another mesh shape, another
@@ -67,7 +67,8 @@ def list_checkpoints(parent) -> list[Path]:
     if not parent.is_dir():
         return []
     names = {p.name for p in parent.iterdir() if not p.name.startswith(".")}
-    names |= {p.name[1:].split(_OLD)[0] for p in parent.glob(f".*{_OLD}*")}
+    for hidden in (*parent.glob(f".*{_OLD}*"), *parent.glob(f".*{_PARTIAL}*")):  # an interrupted swap
+        names.add(hidden.name[1:].split(_OLD)[0].split(_PARTIAL)[0])
     return sorted(parent / n for n in names if is_checkpoint(parent / n))
 
 
@@ -128,10 +129,10 @@ def _check_shapes(path: Path, abstract_params: dict) -> None:
     with ocp.StandardCheckpointer() as ckptr:
         saved = ckptr.metadata(path / "params")
     saved = getattr(saved, "item_metadata", saved)
-    flat_saved = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
+    flat_saved = {_dotted(k): v for k, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
     problems = []
     for k, want in jax.tree_util.tree_flatten_with_path(abstract_params)[0]:
-        name = jax.tree_util.keystr(k)
+        name = _dotted(k)
         got = flat_saved.pop(name, None)
         if got is None:
             problems.append(f"{name} {tuple(want.shape)}: missing from the checkpoint")
@@ -140,6 +141,10 @@ def _check_shapes(path: Path, abstract_params: dict) -> None:
     problems += [f"{name}: in the checkpoint but not in the model" for name in flat_saved]
     if problems:
         raise ValueError(f"{len(problems)} problem(s):\n  " + "\n  ".join(problems))
+
+
+def _dotted(path) -> str:
+    return ".".join(str(getattr(k, "key", k)) for k in path)
 
 
 def _is_primary() -> bool:

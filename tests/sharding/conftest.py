@@ -9,9 +9,9 @@ _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 
-import jax  # noqa: E402
-import pytest  # noqa: E402
-from sharding_helpers import build_llama  # noqa: E402
+import jax
+import pytest
+from sharding_helpers import build_llama
 
 
 @pytest.fixture(scope="session", autouse=True)

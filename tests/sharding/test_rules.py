@@ -7,16 +7,15 @@ import dataclasses
 import jax
 import pytest
 from flax import nnx
-from jax.sharding import AxisType, PartitionSpec as P
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
+from sharding_helpers import LLAMA
 
 import jaxformers as jf
 from jaxformers import models
 from jaxformers.core import sharding as shd
 from jaxformers.core.preflight import check_mesh, preflight
 from jaxformers.models import llama
-
-from sharding_helpers import LLAMA
-
 
 # Small sizes under the HF field names the architectures use (fields a config lacks are skipped).
 TINY = dict(vocab_size=97, hidden_size=48, intermediate_size=37, num_hidden_layers=2, num_attention_heads=6,

@@ -1,0 +1,147 @@
+"""Orbax checkpoints: restore on another mesh or one device; atomic saves under SIGKILL; clear shape errors."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from sharding_helpers import mesh_for
+
+import jaxformers as jf
+from jaxformers.convert import orbax_io
+from jaxformers.loading import model_params
+
+HERE = Path(__file__).parent
+REPO = HERE.parents[1]
+
+
+def _values(model) -> dict[str, np.ndarray]:
+    return {k: np.asarray(jax.device_get(v)) for k, v in model_params(model).items()}
+
+
+@pytest.fixture(scope="module")
+def saved(llama_dir, tmp_path_factory):
+    """A checkpoint written from mesh (2, 4) under FSDP_TP, and the values it holds."""
+    mesh = mesh_for("fsdp_tp", (2, 4))
+    model = jf.AutoModelForCausalLM.from_pretrained(llama_dir, mesh=mesh, rules=jf.FSDP_TP)
+    directory = tmp_path_factory.mktemp("ckpt") / "llama"
+    assert jf.save_checkpoint(model, directory) == directory
+    return directory, _values(model)
+
+
+@pytest.mark.parametrize("target", ["fsdp-(8,)", "tp-(4, 2)", "one-device"])
+def test_restore_on_another_topology(saved, target):
+    directory, expected = saved
+    if target == "one-device":
+        model = jf.load(directory)
+        assert all(len(v.sharding.device_set) == 1 for v in model_params(model).values())
+    else:
+        preset, shape = target.split("-")
+        mesh = mesh_for(preset, eval(shape))
+        model = jf.load(directory, mesh=mesh, rules=preset)
+        embedding = model_params(model)["model.embed_tokens.embedding"]
+        assert embedding.sharding.mesh == mesh and len(embedding.addressable_shards) == 8
+    assert type(model).__name__ == "LlamaForCausalLM"
+    got = _values(model)
+    assert got.keys() == expected.keys()
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+
+
+def test_orbax_shapes_must_match_config(saved, tmp_path):
+    directory, _ = saved
+    copy = tmp_path / "edited"
+    copy.mkdir()
+    for item in directory.iterdir():
+        (copy / item.name).symlink_to(item)
+    (copy / "config.json").unlink()
+    (copy / "config.json").write_text(
+        (directory / "config.json").read_text().replace('"vocab_size": 128', '"vocab_size": 96')
+    )
+    with pytest.raises(ValueError) as err:
+        jf.load(copy)
+    assert "does not match the LlamaForCausalLM built from its config: 2 problem(s)" in str(err.value)
+    assert "model.embed_tokens.embedding: checkpoint has (128, 64), the model expects (96, 64)" in str(err.value)
+
+
+def _zeroed(llama_dir):
+    model = jf.load(llama_dir)
+    params = nnx.state(model, nnx.Param)
+    nnx.update(model, jax.tree.map(lambda x: x * 0, params))
+    return model
+
+
+def _read_lines(proc, lines: list[str]) -> None:
+    for line in proc.stdout:
+        lines.append(line.strip())
+
+
+def test_killed_saves_leave_the_last_complete_checkpoint(llama_dir, tmp_path):
+    source, target = tmp_path / "source", tmp_path / "ckpts" / "latest"
+    model = _zeroed(llama_dir)
+    jf.save_checkpoint(model, source)
+    jf.save_checkpoint(model, target)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    rng, value = random.Random(0), 0
+    for attempt in range(5):
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / "save_worker.py"), str(source), str(target)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+        )  # fmt: skip
+        watchdog = threading.Timer(120, proc.kill)
+        watchdog.start()
+        lines: list[str] = []
+        try:
+            assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+            reader = threading.Thread(target=_read_lines, args=(proc, lines))
+            reader.start()
+            time.sleep(rng.uniform(0.3, 2.0))  # lands anywhere in a save: Orbax writing, marker, swap, cleanup
+            proc.kill()
+            proc.wait()
+            reader.join()
+        finally:
+            watchdog.cancel()
+        saved_steps = [int(line.split()[1]) for line in lines if line.startswith("saved")]
+        allowed = {saved_steps[-1], saved_steps[-1] + 1} if saved_steps else {value, 1}
+        assert orbax_io.list_checkpoints(target.parent) == [target]
+        assert [p.name for p in target.parent.iterdir() if not p.name.startswith(".")] == ["latest"]
+        values = {float(v) for arr in _values(jf.load(target)).values() for v in np.unique(arr)}
+        assert len(values) == 1 and values <= allowed, (attempt, values, saved_steps)
+        value = values.pop()
+    jf.save_checkpoint(model, target)  # the next save clears what killed saves left behind
+    assert sorted(p.name for p in target.parent.iterdir()) == ["latest"]
+
+
+def test_interrupted_swap_without_exchange_recovers_the_old_checkpoint(llama_dir, tmp_path, monkeypatch):
+    model = _zeroed(llama_dir)
+    target = tmp_path / "latest"
+    jf.save_checkpoint(model, target)
+    nnx.update(model, jax.tree.map(lambda x: x + 1, nnx.state(model, nnx.Param)))
+    real_replace, calls = os.replace, []
+
+    def dies_after_first_move(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the old checkpoint is aside, the new one not yet in place
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(orbax_io, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(orbax_io.os, "replace", dies_after_first_move)
+    with pytest.raises(KeyboardInterrupt):
+        jf.save_checkpoint(model, target)
+    monkeypatch.setattr(orbax_io.os, "replace", real_replace)
+    assert not target.exists()
+    assert orbax_io.list_checkpoints(tmp_path) == [target]
+    restored = _values(jf.load(target))  # the newest complete copy: the new one, written in full before the swap
+    assert all(np.all(v == 1) for v in restored.values())
+    jf.save_checkpoint(model, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest"]
