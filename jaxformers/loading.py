@@ -62,8 +62,7 @@ def load(
       revision, cache_dir, local_files_only, token: hub options.
     """
     hub_opts = hub.HubOptions.pop_from(kwargs)
-    if kwargs:
-        raise TypeError(f"load() got unexpected keyword arguments {sorted(kwargs)}")
+    overrides = _config_overrides(kwargs)
     options = options or Options()
     if dtype is not None:
         options = options.replace(dtype=dtype)
@@ -87,10 +86,28 @@ def load(
         source = _weights_source(name_or_path, hub_opts, allow_pickle)
     try:
         cls = _choose_class(config, model_class, task)
-        cfg = cls.config_class.from_hf(config)
+        cfg = cls.config_class.from_hf({**config, **overrides})
         return _build(cls, cfg, source, options, mesh, rules)
     finally:
         source.close()
+
+
+_HEAD_KEYS = ("num_labels", "id2label", "label2id")
+
+
+def _config_overrides(kwargs: dict) -> dict:
+    """HF-style config overrides for new heads (`num_labels=5`, `id2label={...}`); anything else is a TypeError."""
+    unknown = sorted(k for k in kwargs if k not in _HEAD_KEYS)
+    if unknown:
+        raise TypeError(f"load() got unexpected keyword arguments {unknown}")
+    out = dict(kwargs)
+    if "num_labels" in out and "id2label" not in out:
+        out["id2label"] = {str(i): f"LABEL_{i}" for i in range(out["num_labels"])}
+    if "id2label" in out:
+        out["id2label"] = {str(k): v for k, v in out["id2label"].items()}
+        out.setdefault("label2id", {v: int(k) for k, v in out["id2label"].items()})
+    out.pop("num_labels", None)
+    return out
 
 
 def _read_json(path: Path) -> dict:
@@ -177,7 +194,10 @@ def _build(cls, cfg, source, options: Options, mesh, rules):
     _preflight(abstract, mesh, rules)
     graphdef, abs_state = nnx.split(abstract)
     targets = _targets(abs_state, mesh, rules)
-    plan = engine.plan_load(cls.hf_weights, cfg, targets, source, base_prefix=cls.base_attr, hf_prefix=cls.hf_prefix)
+    plan = engine.plan_load(
+        cls.hf_weights, cfg, targets, source, base_prefix=cls.base_attr, hf_prefix=cls.hf_prefix,
+        optional=cls.init_if_missing,
+    )  # fmt: skip
     if plan.missing_head:
         log.warning(
             "%s: newly initialised (not in the checkpoint, train before use): %s",

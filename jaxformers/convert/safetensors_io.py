@@ -112,7 +112,7 @@ class SafetensorsSource:
                 raise ValueError(f"{SAFE_INDEX} lists tensors that its shards do not contain: {missing[:10]}")
 
     @classmethod
-    def from_dir(cls, directory: Path) -> "SafetensorsSource":
+    def from_dir(cls, directory: Path) -> SafetensorsSource:
         index = directory / SAFE_INDEX
         if index.is_file():
             try:
@@ -183,7 +183,7 @@ class TorchBinSource:
             self._tensors.update(torch.load(path, map_location="cpu", weights_only=True))
 
     @classmethod
-    def from_dir(cls, directory: Path) -> "TorchBinSource":
+    def from_dir(cls, directory: Path) -> TorchBinSource:
         index = directory / TORCH_INDEX
         if index.is_file():
             files = sorted({directory / f for f in json.loads(index.read_text())["weight_map"].values()})

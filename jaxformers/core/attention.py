@@ -315,10 +315,10 @@ def _per_device(fn, args, names):
     groups); sequence axes are never split. Without a mesh (or with nothing to split) `fn` runs as is.
     """
     try:
-        from jaxformers.core.sharding import get_mesh, logical_spec
+        from jaxformers.core.sharding import logical_spec
     except ImportError:
         return fn(*args)
-    mesh = get_mesh()
+    mesh = _active_mesh()
     if mesh is None:
         return fn(*args)
     specs = [logical_spec(n, shape=x.shape) for n, x in zip(names, args)]
@@ -328,6 +328,21 @@ def _per_device(fn, args, names):
     if all(p is None for spec in specs for p in spec):
         return fn(*args)
     return jax.shard_map(fn, mesh=mesh, in_specs=tuple(specs), out_specs=specs[0], check_vma=False)(*args)
+
+
+def _active_mesh():
+    """The concrete mesh from `sharding.get_mesh()` outside jit; inside jit (where only the abstract mesh exists and
+    `jax.sharding.get_mesh` raises) the abstract mesh, which `jax.shard_map` accepts."""
+    from jaxformers.core import sharding
+
+    try:
+        mesh = sharding.get_mesh() if hasattr(sharding, "get_mesh") else None
+    except ValueError:
+        mesh = None
+    if mesh is None:
+        abstract = jax.sharding.get_abstract_mesh()
+        mesh = None if abstract is None or abstract.empty else abstract
+    return mesh
 
 
 def _cudnn(q, k, v, *, causal, sliding_window, scale, **_):

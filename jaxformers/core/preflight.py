@@ -38,14 +38,14 @@ class PreflightReport:
     warnings: list[str] = field(default_factory=list)
     param_bytes_per_device: int | None = None
 
-    def extend(self, other: "PreflightReport") -> "PreflightReport":
+    def extend(self, other: PreflightReport) -> PreflightReport:
         self.errors += other.errors
         self.warnings += other.warnings
         if other.param_bytes_per_device is not None:
             self.param_bytes_per_device = other.param_bytes_per_device
         return self
 
-    def raise_errors(self) -> "PreflightReport":
+    def raise_errors(self) -> PreflightReport:
         """Raise one `ShardingError` listing every error; returns self when there are none."""
         if self.errors:
             raise shd.ShardingError(
