@@ -28,10 +28,10 @@ def __getattr__(name):
         from jaxformers.tokenization import AutoTokenizer
 
         return AutoTokenizer
-    if name == "generate":
-        from jaxformers.generation import generate
+    if name in ("generate", "stream", "GenerationConfig"):
+        from jaxformers import generation
 
-        return generate
+        return getattr(generation, name)
     raise AttributeError(f"module 'jaxformers' has no attribute {name!r}")
 
 
@@ -46,6 +46,7 @@ __all__ = [
     "DP",
     "FSDP",
     "FSDP_TP",
+    "GenerationConfig",
     "Options",
     "REPLICATED",
     "TP",
@@ -58,5 +59,6 @@ __all__ = [
     "save_checkpoint",
     "save_pretrained",
     "shard_batch",
+    "stream",
     "use_mesh",
 ]

@@ -81,15 +81,32 @@ def load(
 
         path = hub.resolve_file(name_or_path, gguf_file, hub_opts)
         config, source = gguf.config_from_gguf(path), gguf.GGUFSource(path)
+        generation = {**config, **gguf.generation_config_from_gguf(path)}
     else:
         config = _read_json(hub.resolve_file(name_or_path, "config.json", hub_opts))
         source = _weights_source(name_or_path, hub_opts, allow_pickle)
+        gen_file = hub.resolve_file(name_or_path, GENERATION_CONFIG, hub_opts, required=False)
+        generation = config if gen_file is None else {**config, **_read_json(gen_file)}
     try:
         cls = _choose_class(config, model_class, task)
         cfg = cls.config_class.from_hf({**config, **overrides})
-        return _build(cls, cfg, source, options, mesh, rules)
+        model = _build(cls, cfg, source, options, mesh, rules)
     finally:
         source.close()
+    return _with_generation_config(model, generation)
+
+
+GENERATION_CONFIG = "generation_config.json"
+
+
+def _with_generation_config(model, settings: dict):
+    """Attach the checkpoint's generation settings (`generation_config.json` over the model config, as HF reads
+    them) to causal LMs, where `jf.generate` picks them up."""
+    if hasattr(model, "init_cache") and hasattr(model, "lm_head"):
+        from jaxformers.generation.config import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_model_config(settings)
+    return model
 
 
 _HEAD_KEYS = ("num_labels", "id2label", "label2id")
@@ -248,6 +265,11 @@ def save_pretrained(model, directory) -> None:
     dtypes = {str(v.dtype) for v in params.values()}
     config["torch_dtype"] = dtypes.pop() if len(dtypes) == 1 else "float32"
     save_safetensors(tensors, directory / SAFE_SINGLE)
+    generation = getattr(model, "generation_config", None)
+    if generation is not None:
+        defaults = type(generation)().to_dict()  # like HF, write only what differs from the defaults
+        changed = {k: v for k, v in generation.to_dict().items() if v != defaults[k]}
+        (directory / GENERATION_CONFIG).write_text(json.dumps(changed, indent=2) + "\n")
     (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
 
 

@@ -9,7 +9,8 @@ from flax import struct
 
 @struct.dataclass
 class KVCache:
-    """Keys/values for every layer, `[L, B, S, K, H]`, plus which slots hold real tokens.
+    """Keys/values for every layer, `[L, B, S, K, H]` (or, per layer, a tuple of L `[B, S, K, H]` arrays: the layout
+    unrolled decoding loops use, so a step updates one small array per layer), plus which slots hold real tokens.
 
     `mask [B, S]` is True for slots written with a non-padding token; `index` is the next slot to write (the same
     for every row: batches are left-padded, so all rows end at the same slot).
@@ -21,20 +22,48 @@ class KVCache:
     index: jax.Array
 
     @classmethod
-    def init(cls, num_layers: int, batch: int, max_len: int, kv_heads: int, head_dim: int, dtype) -> "KVCache":
-        shape = (num_layers, batch, max_len, kv_heads, head_dim)
+    def init(
+        cls, num_layers: int, batch: int, max_len: int, kv_heads: int, head_dim: int, dtype, per_layer: bool = False
+    ) -> KVCache:
+        shape = (batch, max_len, kv_heads, head_dim)
+        if per_layer:
+            k = tuple(jnp.zeros(shape, dtype) for _ in range(num_layers))
+            v = tuple(jnp.zeros(shape, dtype) for _ in range(num_layers))
+        else:
+            k, v = jnp.zeros((num_layers, *shape), dtype), jnp.zeros((num_layers, *shape), dtype)
         return cls(
-            k=jnp.zeros(shape, dtype),
-            v=jnp.zeros(shape, dtype),
+            k=k,
+            v=v,
             mask=jnp.zeros((batch, max_len), bool),
             index=jnp.zeros((), jnp.int32),
         )
 
     @property
-    def max_len(self) -> int:
-        return self.k.shape[2]
+    def per_layer(self) -> bool:
+        return isinstance(self.k, tuple)
 
-    def with_tokens(self, attention_mask: jax.Array) -> "KVCache":
+    @property
+    def max_len(self) -> int:
+        return self.mask.shape[1]
+
+    @property
+    def batch(self) -> int:
+        return self.mask.shape[0]
+
+    def unstacked(self) -> KVCache:
+        """The per-layer layout of this cache."""
+        if self.per_layer:
+            return self
+        return self.replace(k=tuple(self.k), v=tuple(self.v))
+
+    def gather_rows(self, rows: jax.Array) -> KVCache:
+        """The cache of batch rows `rows [B']` (beam search reorders beams this way)."""
+        take = (lambda a: a[rows]) if self.per_layer else (lambda a: a[:, rows])
+        k = tuple(map(take, self.k)) if self.per_layer else take(self.k)
+        v = tuple(map(take, self.v)) if self.per_layer else take(self.v)
+        return self.replace(k=k, v=v, mask=self.mask[rows])
+
+    def with_tokens(self, attention_mask: jax.Array) -> KVCache:
         """Mark the slots `[index, index + T)` as holding the new tokens' `attention_mask [B, T]`."""
         mask = jax.lax.dynamic_update_slice(self.mask, attention_mask.astype(bool), (0, self.index))
         return self.replace(mask=mask)

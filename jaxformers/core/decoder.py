@@ -30,13 +30,16 @@ def run_layers(
 ):
     """Apply `call(layer, x, kv, window) -> (x, kv)` layer by layer.
 
-    kv is None without a cache, else the layer's `(k [B, S, K, H], v)`. windows: per-layer sliding window (None =
+    kv is None without a cache, else the layer's `(k [B, S, K, H], v)`; the cache may be stacked `[L, ...]` or
+    per layer (`KVCache.per_layer`, unrolled only). windows: per-layer sliding window (None =
     full attention); passed as a Python value when all layers agree, as a scanned int array otherwise.
     Returns `(x, hidden_states tuple, cache)`.
     """
     windows = windows or (None,) * layers.n
     uniform = len(set(windows)) == 1
     if scan:
+        if cache is not None and cache.per_layer:
+            raise ValueError("a per-layer KV cache needs unrolled layers (scan_layers=False or unstack_layers)")
         w_xs = None if uniform else jnp.asarray([NO_WINDOW if w is None else w for w in windows], jnp.int32)
         kv_xs = None if cache is None else (cache.k, cache.v)
 
@@ -49,13 +52,17 @@ def run_layers(
         if cache is not None:
             cache = cache.replace(k=kv[0], v=kv[1])
         return x, tuple(hs[i] for i in range(hs.shape[0])), cache
-    hs = []
+    hs, ks, vs = [], [], []
     for i in range(layers.n):
         kv = None if cache is None else (cache.k[i], cache.v[i])
         x, kv = call(layers.layer(i), x, kv, windows[i])
         if cache is not None:
-            cache = cache.replace(k=cache.k.at[i].set(kv[0]), v=cache.v.at[i].set(kv[1]))
+            ks.append(kv[0])
+            vs.append(kv[1])
         hs.append(x)
+    if cache is not None:
+        per_layer = cache.per_layer
+        cache = cache.replace(k=tuple(ks) if per_layer else jnp.stack(ks), v=tuple(vs) if per_layer else jnp.stack(vs))
     return x, tuple(hs), cache
 
 

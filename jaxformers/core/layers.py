@@ -154,7 +154,7 @@ class Stacked(nnx.Module):
 
     def layer(self, i: int) -> nnx.Module:
         graphdef, state = nnx.split(self.block)
-        return nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state))
+        return nnx.merge(graphdef, jax.tree.map(lambda v: _layer_slice(v, i), state, is_leaf=_is_var))
 
     def scan(self, fn: Callable, carry, xs=None, *, remat: bool = False):
         """`fn(layer, carry, x) -> (carry, y)` over the layers, with per-layer `xs` (e.g. a KV cache slice)."""
@@ -167,3 +167,55 @@ class Stacked(nnx.Module):
         if remat:
             body = jax.checkpoint(body)
         return jax.lax.scan(body, carry, (state, xs))
+
+    def unstacked(self) -> Unstacked:
+        """The same layers as separate modules with their own arrays (a copy of each layer's slice)."""
+        return Unstacked([self.layer(i) for i in range(self.n)])
+
+
+def _is_var(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def _layer_slice(v, i: int):
+    """Layer `i` of a stacked Variable (or array), with the leading `layers` axis name dropped."""
+    if not isinstance(v, nnx.Variable):
+        return v[i]
+    axes = v.get_metadata().get("axes")
+    out = v.replace(value=v[...][i])
+    if axes and axes[0] == "layers":
+        out.set_metadata(axes=tuple(axes[1:]))
+    return out
+
+
+class Unstacked(nnx.Module):
+    """Layers held as separate modules (per-layer arrays): the layout decoding loops run fastest on.
+
+    Offers `Stacked`'s unrolled interface (`n`, `layer(i)`); it cannot `scan`. Built by `Stacked.unstacked()` or
+    `unstack_layers(model)`; parameters keep their logical axis names without the `layers` axis.
+    """
+
+    def __init__(self, layers: list[nnx.Module]):
+        self.n = len(layers)
+        self.blocks = nnx.List(layers)
+
+    def layer(self, i: int) -> nnx.Module:
+        return self.blocks[i]
+
+    def scan(self, *args, **kwargs):
+        raise TypeError("Unstacked layers cannot be scanned; run the model with scan_layers=False")
+
+
+def unstack_layers(model: nnx.Module) -> nnx.Module:
+    """`model` with every `Stacked` replaced by `Unstacked` and unrolled execution (`scan = False`), in place.
+
+    Meant for a fresh copy (e.g. `nnx.merge(graphdef, state)` inside a jitted decoding function): slicing the stacked
+    arrays once before a loop lets each step read per-layer arrays instead of slicing a stacked one per step.
+    """
+    for _, module in list(nnx.iter_modules(model)):
+        for name, value in list(vars(module).items()):
+            if isinstance(value, Stacked):
+                setattr(module, name, value.unstacked())
+        if hasattr(module, "scan") and isinstance(getattr(module, "scan"), bool):
+            module.scan = False
+    return model

@@ -29,6 +29,7 @@ class PreTrainedModel(nnx.Module):
     base_attr: ClassVar[str | None] = None
     hf_weights: ClassVar[tuple] = ()
     init_if_missing: ClassVar[tuple[str, ...]] = ()  # base-model path prefixes a checkpoint may lack (BERT pooler)
+    generation_config = None  # causal LMs: the checkpoint's GenerationConfig, set by the loader (jf.generate reads it)
 
     @classmethod
     def from_pretrained(cls, name_or_path, **kwargs):

@@ -195,8 +195,8 @@ class LlamaModel(PreTrainedModel):
         if cache is None:
             key_mask, q_offset = attention_mask.astype(bool), 0
         else:
-            if input_ids.shape[0] != cache.k.shape[1]:
-                raise ValueError(f"batch {input_ids.shape[0]} does not match the cache's batch {cache.k.shape[1]}")
+            if input_ids.shape[0] != cache.batch:
+                raise ValueError(f"batch {input_ids.shape[0]} does not match the cache's batch {cache.batch}")
             cache = cache.with_tokens(attention_mask)
             key_mask, q_offset = cache.mask, cache.index
         if position_ids is None:

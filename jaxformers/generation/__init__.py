@@ -1,0 +1,282 @@
+"""Text generation: `generate(model, input_ids, ...)` with the semantics of transformers' `generate()`.
+
+    ids = jf.generate(model, batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=32)
+    for text in jf.stream(model, ids, tokenizer=tok, max_new_tokens=64):   # decoded text, a few tokens at a time
+        print(text, end="")
+
+The work happens in `decode.py`: a pure, jitted prefill plus one `lax.while_loop` (greedy, sampling or beam search)
+over a static-size KV cache. This module is the thin host side: settings (`GenerationConfig`: explicit keywords >
+the checkpoint's `generation_config.json` > model config > HF defaults), input checks, shape buckets (batch and
+prompt length are rounded up, so a stream of prompts compiles a handful of programs), and streaming in chunks of
+steps (the loop returns to the host every `chunk_steps` tokens, never per token).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+from collections.abc import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxformers.generation import decode
+from jaxformers.generation.config import GenerationConfig, resolve
+
+log = logging.getLogger("jaxformers")
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+MIN_PROMPT_BUCKET = 16  # prompt lengths round up to powers of two from here
+NEW_TOKENS_MULTIPLE = 32  # the cache holds the prompt bucket plus max_new_tokens rounded up to this
+
+# Number of traces (= compilations) of each jitted core, for tests and for users who watch compile counts.
+TRACES: collections.Counter = collections.Counter()
+
+
+def _counted(name: str, fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        TRACES[name] += 1
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+_START_STATIC = ("cfg", "cache_len", "buf_len", "unroll")
+_greedy_start = jax.jit(_counted("greedy_start", decode.greedy_start), static_argnums=0, static_argnames=_START_STATIC)
+_greedy_run = jax.jit(
+    _counted("greedy_run", decode.greedy_run), static_argnums=0, static_argnames=("cfg", "unroll"), donate_argnums=2
+)
+_beam_start = jax.jit(_counted("beam_start", decode.beam_start), static_argnums=0, static_argnames=_START_STATIC)
+_beam_run = jax.jit(
+    _counted("beam_run", decode.beam_run), static_argnums=0, static_argnames=("cfg", "unroll"), donate_argnums=2
+)
+
+
+def generate(
+    model,
+    input_ids,
+    attention_mask=None,
+    *,
+    generation_config: GenerationConfig | None = None,
+    key: jax.Array | int | None = None,
+    streamer: Callable[[np.ndarray], None] | None = None,
+    chunk_steps: int = 8,
+    unroll_layers: bool = True,
+    **kwargs,
+) -> np.ndarray:
+    """Generate continuations of left-padded prompts, like `transformers`' `model.generate(...)`.
+
+    Args:
+      model: a causal LM (`...ForCausalLM`, `GPT2LMHeadModel`).
+      input_ids: `[B, T]` int prompt ids, left-padded (`tokenizer.padding_side = "left"`); numpy or jax.
+      attention_mask: `[B, T]`, 1 for real tokens (default: all ones).
+      generation_config: base settings (default: the checkpoint's `generation_config.json`, then the model config).
+      key: PRNG key (or int seed) for sampling; default seed 0, so sampling is reproducible.
+      streamer: called with each chunk of new tokens `[B, n]` as they are produced (greedy / sampling only).
+      chunk_steps: decode steps per streamed chunk.
+      unroll_layers: run the decode loop over per-layer weights and cache (faster decode steps; the weights are
+        sliced once per call). False keeps the model's layout (scanned layers: less memory, faster compile).
+      **kwargs: any `GenerationConfig` field, with HF's names and meaning: `max_new_tokens`, `max_length`,
+        `min_new_tokens`, `do_sample`, `temperature`, `top_k`, `top_p`, `min_p`, `repetition_penalty`,
+        `no_repeat_ngram_size`, `num_beams`, `length_penalty`, `early_stopping`, `num_return_sequences`,
+        `eos_token_id` (int or list), `pad_token_id`, `forced_bos_token_id`, `forced_eos_token_id`, ...
+    Returns:
+      `[B * num_return_sequences, T + n]` int32: the prompts as given, then the generated tokens, finished rows
+      padded with `pad_token_id` (HF's layout; `n` is the number of steps taken).
+    """
+    chunks = []
+    out = None
+    for item in _generate(model, input_ids, attention_mask, generation_config, key, chunk_steps, unroll_layers,
+                          kwargs, streaming=streamer is not None):  # fmt: skip
+        if isinstance(item, _Final):
+            out = item.sequences
+        else:
+            chunks.append(item)
+            streamer(item)
+    return out
+
+
+def stream(
+    model,
+    input_ids,
+    attention_mask=None,
+    *,
+    tokenizer=None,
+    generation_config: GenerationConfig | None = None,
+    key: jax.Array | int | None = None,
+    chunk_steps: int = 8,
+    unroll_layers: bool = True,
+    skip_special_tokens: bool = True,
+    **kwargs,
+) -> Iterator:
+    """Iterate over generated tokens as they are produced, `chunk_steps` decode steps at a time.
+
+    Without `tokenizer`: yields `[B, n]` int32 arrays of new tokens. With `tokenizer`: yields, per chunk, the newly
+    decoded text (a `str` for a batch of one, else a list of `str`), holding back an incomplete multi-byte character
+    until it is complete, as transformers' `TextStreamer` does. Settings as in `generate`; no beam search.
+    """
+    gen = _generate(model, input_ids, attention_mask, generation_config, key, chunk_steps, unroll_layers, kwargs,
+                    streaming=True)  # fmt: skip
+    if tokenizer is None:
+        yield from (item for item in gen if not isinstance(item, _Final))
+        return
+    b = np.asarray(input_ids).shape[0]
+    tokens: list[list[int]] = [[] for _ in range(b)]
+    printed = [0] * b
+    for item in gen:
+        if isinstance(item, _Final):
+            item = np.zeros((b, 0), np.int32)
+        deltas = []
+        for i in range(b):
+            tokens[i].extend(int(t) for t in item[i])
+            text = tokenizer.decode(tokens[i], skip_special_tokens=skip_special_tokens)
+            stable = len(text) if item.shape[1] == 0 else _stable_prefix(text)
+            deltas.append(text[printed[i] : stable])
+            printed[i] = max(printed[i], stable)
+        if any(deltas):
+            yield deltas[0] if b == 1 else deltas
+
+
+def _stable_prefix(text: str) -> int:
+    """Length of `text` that later tokens cannot change: all of it, unless it ends in an incomplete character."""
+    return len(text) - 1 if text.endswith("\ufffd") else len(text)
+
+
+class _Final:
+    def __init__(self, sequences: np.ndarray):
+        self.sequences = sequences
+
+
+def _generate(model, input_ids, attention_mask, generation_config, key, chunk_steps, unroll, kwargs, *, streaming):
+    cfg = _settings(model, generation_config, kwargs)
+    ids, mask = _check_inputs(model, input_ids, attention_mask)
+    b, t = ids.shape
+    max_new = cfg.max_length_for(t, getattr(model.config, "max_position_embeddings", None)) - t
+    _check_context(model, t, max_new)
+    nb = cfg.num_beams
+    if streaming and nb > 1:
+        raise ValueError("streaming does not support beam search (num_beams > 1), as in transformers")
+    expand = cfg.num_return_sequences if nb == 1 else 1
+    if expand > 1:  # sampling several sequences per prompt: HF repeats each prompt
+        ids, mask = np.repeat(ids, expand, axis=0), np.repeat(mask, expand, axis=0)
+    rows = ids.shape[0]
+    # shape buckets: extra rows of padding, extra padding columns on the left (never part of HF's input_ids)
+    bb = next((x for x in BATCH_BUCKETS if x >= rows), rows)
+    tb = max(MIN_PROMPT_BUCKET, 1 << (t - 1).bit_length())
+    start = tb - t
+    pad = decode.pad_id(cfg)
+    ids_b = np.full((bb, tb), pad, np.int32)
+    mask_b = np.zeros((bb, tb), np.int32)
+    ids_b[:rows, start:], mask_b[:rows, start:] = ids, mask
+    mask_b[rows:, -1] = 1  # filler rows: one real token, so they are ordinary rows (their output is dropped)
+    cache_len = tb + -(-max_new // NEW_TOKENS_MULTIPLE) * NEW_TOKENS_MULTIPLE
+    if isinstance(key, int) or key is None:
+        key = jax.random.key(0 if key is None else key)
+
+    static = _static_config(cfg)
+    graphdef, state = nnx.split(model)
+    common = {"cfg": static, "cache_len": cache_len, "buf_len": cache_len, "unroll": unroll}
+    start_fn, run_fn = (_beam_start, _beam_run) if nb > 1 else (_greedy_start, _greedy_run)
+    pad_len = np.zeros((bb,), np.int32)
+    pad_len[:rows] = np.argmax(mask, axis=1)  # HF's padding_lengths
+    args = (jnp.asarray(ids_b), jnp.asarray(mask_b), jnp.asarray(pad_len), start, key, max_new)
+    st = start_fn(graphdef, state, *args, **common)
+    if not streaming:
+        st = run_fn(graphdef, state, st, max_new, cfg=static, unroll=unroll)
+    else:
+        done = 0
+        while True:
+            st = run_fn(graphdef, state, st, done + chunk_steps, cfg=static, unroll=unroll)
+            step = int(st.step)
+            new = np.asarray(st.hist.ids[:rows, tb + done : tb + step])
+            done = step
+            if new.shape[1]:
+                yield new
+            if step >= max_new or bool(jnp.all(st.finished[:rows])):
+                break
+    yield _Final(_result(st, rows, start, tb, nb, cfg))
+
+
+def _result(st, rows: int, start: int, tb: int, nb: int, cfg: GenerationConfig) -> np.ndarray:
+    if nb == 1:
+        return np.asarray(st.hist.ids[:rows, start : tb + int(st.step)])
+    b = rows
+    nr = cfg.num_return_sequences
+    seqs = np.asarray(st.seqs[:b, :nr]).reshape(b * nr, -1)
+    n = int(np.asarray(st.seq_lens[:b, :nr]).max())
+    return seqs[:, start : tb + n]
+
+
+def _settings(model, generation_config, kwargs) -> GenerationConfig:
+    base = generation_config or getattr(model, "generation_config", None)
+    if base is None:
+        base = GenerationConfig.from_model_config(model.config.to_hf())
+    return resolve(base, **kwargs)
+
+
+def _static_config(cfg: GenerationConfig) -> GenerationConfig:
+    """The settings the compiled program depends on: lengths are traced, so they do not cause recompiles."""
+    return cfg.replace(max_new_tokens=None, max_length=None)
+
+
+def _check_inputs(model, input_ids, attention_mask):
+    if not hasattr(model, "init_cache") or not hasattr(model, "lm_head"):
+        raise TypeError(
+            f"generate() needs a causal language model with a KV cache, got {type(model).__name__}; load it with "
+            "AutoModelForCausalLM.from_pretrained(...)"
+        )
+    if input_ids is None:
+        raise ValueError("input_ids is required: tokenize the prompt first, e.g. tok(prompts, padding=True)")
+    ids = np.asarray(input_ids)
+    if ids.ndim == 1:
+        raise ValueError(f"input_ids must be 2-D [batch, seq_len], got shape {ids.shape}; add a batch axis: ids[None]")
+    if ids.ndim != 2:
+        raise ValueError(f"input_ids must be 2-D [batch, seq_len], got shape {ids.shape}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"input_ids must hold integer token ids, got dtype {ids.dtype}")
+    if ids.shape[0] == 0 or ids.shape[1] == 0:
+        raise ValueError(
+            f"empty prompt (input_ids shape {ids.shape}): give at least one token per row, e.g. the BOS token"
+        )
+    mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
+    if mask.shape != ids.shape:
+        raise ValueError(f"attention_mask shape {mask.shape} must equal input_ids shape {ids.shape}")
+    mask = (mask != 0).astype(np.int32)
+    empty = np.flatnonzero(mask.sum(1) == 0)
+    if empty.size:
+        raise ValueError(f"prompt rows {empty.tolist()} have no real token (attention_mask all zero)")
+    if (mask[:, -1] == 0).any():
+        raise ValueError(
+            "right padding detected (attention_mask ends in 0): decoder-only generation needs left-padded prompts; "
+            "set tokenizer.padding_side = 'left'"
+        )
+    vocab = model.config.vocab_size
+    if ids.min() < 0 or ids.max() >= vocab:
+        raise ValueError(f"input_ids hold ids outside the vocabulary [0, {vocab}): min {ids.min()}, max {ids.max()}")
+    return ids.astype(np.int32), mask
+
+
+def _check_context(model, prompt_len: int, max_new: int) -> None:
+    cfg = model.config
+    context = getattr(cfg, "max_position_embeddings", None)
+    if context is None:
+        return
+    if prompt_len > context:
+        raise ValueError(
+            f"the prompt ({prompt_len} tokens) is longer than the model's context ({context} positions); "
+            "truncate it (tokenizer(..., truncation=True, max_length=...))"
+        )
+    if prompt_len + max_new > context:
+        msg = (
+            f"prompt ({prompt_len}) + max_new_tokens ({max_new}) exceeds the model's context ({context} positions)"
+        )
+        if cfg.model_type == "gpt2":  # learned absolute positions: there is no embedding past the context
+            raise ValueError(msg + f"; lower max_new_tokens to at most {context - prompt_len}")
+        log.warning("%s; outputs past the context are not meaningful", msg)
+
+
+__all__ = ["GenerationConfig", "TRACES", "generate", "stream"]
