@@ -86,7 +86,7 @@ def load(
         config = _read_json(hub.resolve_file(name_or_path, "config.json", hub_opts))
         source = _weights_source(name_or_path, hub_opts, allow_pickle)
         gen_file = hub.resolve_file(name_or_path, GENERATION_CONFIG, hub_opts, required=False)
-        generation = config if gen_file is None else {**config, **_read_json(gen_file)}
+        generation = config if gen_file is None else _read_json(gen_file)  # HF: the file replaces config.json's ids
     try:
         cls = _choose_class(config, model_class, task)
         cfg = cls.config_class.from_hf({**config, **overrides})
@@ -100,8 +100,8 @@ GENERATION_CONFIG = "generation_config.json"
 
 
 def _with_generation_config(model, settings: dict):
-    """Attach the checkpoint's generation settings (`generation_config.json` over the model config, as HF reads
-    them) to causal LMs, where `jf.generate` picks them up."""
+    """Attach the checkpoint's generation settings (`generation_config.json` if present, else the model config, as
+    transformers reads them) to causal LMs, where `jf.generate` picks them up."""
     if hasattr(model, "init_cache") and hasattr(model, "lm_head"):
         from jaxformers.generation.config import GenerationConfig
 

@@ -156,6 +156,39 @@ def test_smollm_tokenizer_specials_and_template_equal_transformers(smollm_tokeni
     assert smollm_tokenizer["tokenizer"].to_str() == smollm_hf_tokenizer.backend_tokenizer.to_str()
 
 
+@pytest.fixture(scope="module")
+def smollm_jf(smollm):
+    import jaxformers as jf
+
+    folder, _ = smollm
+    return jf.AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM_FILE), jf.AutoTokenizer.from_pretrained(
+        folder, gguf_file=SMOLLM_FILE
+    )
+
+
+def test_smollm_answers_the_chat_question(smollm_jf):
+    import jaxformers as jf
+
+    model, tok = smollm_jf
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    batch = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="np")
+    out = jf.generate(model, **batch, max_new_tokens=24)  # greedy; stops at <|im_end|> (the checkpoint's EOS)
+    prompt_len = batch["input_ids"].shape[1]
+    assert tok.decode(out[0, prompt_len:].tolist(), skip_special_tokens=True) == "The capital of France is Paris."
+    assert out[0, -1] == tok.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_smollm_greedy_continuation_equals_transformers(smollm_jf, smollm_hf_model):
+    import jaxformers as jf
+
+    model, tok = smollm_jf
+    ids = np.asarray([tok.encode("Once upon a time", add_special_tokens=False)], np.int32)
+    with torch.no_grad():
+        expected = smollm_hf_model.generate(torch.tensor(ids).long(), max_new_tokens=20, do_sample=False).numpy()
+    np.testing.assert_array_equal(jf.generate(model, ids, max_new_tokens=20), expected)
+    assert tok.decode(expected[0, 4:].tolist()).startswith(", the city of Nova Haven")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Synthetic files written like llama.cpp's converter does
 

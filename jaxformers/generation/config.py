@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 # Beam sampling (do_sample=True with num_beams > 1) is not implemented by the decoding loop.
 SUPPORTS_BEAM_SAMPLE = False
 
@@ -25,25 +27,30 @@ _METADATA_KEYS = frozenset({"transformers_version", "_from_model_config", "_comm
 
 # Attributes of `transformers.GenerationConfig` that jaxformers does not implement: read from a model config (which
 # also holds unrelated architecture keys) only to record them in `GenerationConfig.ignored`.
-HF_UNSUPPORTED_KEYS = frozenset(
-    """max_time stop_strings use_mtp use_cache cache_implementation cache_config max_cache_len top_h typical_p
-    epsilon_cutoff eta_cutoff encoder_repetition_penalty renormalize_logits remove_invalid_values
-    exponential_decay_length_penalty sequence_bias token_healing guidance_scale watermarking_config output_attentions
-    output_hidden_states output_scores output_logits return_dict_in_generate encoder_no_repeat_ngram_size is_assistant
-    num_assistant_tokens num_assistant_tokens_schedule assistant_confidence_threshold prompt_lookup_num_tokens
-    max_matching_ngram_size assistant_early_exit assistant_lookbehind target_lookbehind assistant_ensemble_weight
-    speculation_type compile_config disable_compile continuous_batching_config low_memory penalty_alpha dola_layers
-    diversity_penalty num_beam_groups constraints force_words_ids prefill_chunk_size""".split()
-)
+# fmt: off
+HF_UNSUPPORTED_KEYS = frozenset({
+    "max_time", "stop_strings", "use_mtp", "use_cache", "cache_implementation", "cache_config", "max_cache_len",
+    "top_h", "typical_p", "epsilon_cutoff", "eta_cutoff", "encoder_repetition_penalty", "renormalize_logits",
+    "remove_invalid_values", "exponential_decay_length_penalty", "sequence_bias", "token_healing", "guidance_scale",
+    "watermarking_config", "output_attentions", "output_hidden_states", "output_scores", "output_logits",
+    "return_dict_in_generate", "encoder_no_repeat_ngram_size", "is_assistant", "num_assistant_tokens",
+    "num_assistant_tokens_schedule", "assistant_confidence_threshold", "prompt_lookup_num_tokens",
+    "max_matching_ngram_size", "assistant_early_exit", "assistant_lookbehind", "target_lookbehind",
+    "assistant_ensemble_weight", "speculation_type", "compile_config", "disable_compile",
+    "continuous_batching_config", "low_memory", "penalty_alpha", "dola_layers", "diversity_penalty",
+    "num_beam_groups", "constraints", "force_words_ids", "prefill_chunk_size",
+})
+# fmt: on
 
 # HF's length default when neither `max_length` nor `max_new_tokens` is set (`_prepare_generated_length`).
 DEFAULT_MAX_NEW_TOKENS = 20
 
-# Fields for which an explicit `None` in `resolve(**overrides)` means "not given" (None is not a valid value);
-# for every other field `None` is taken literally, as HF's `generate(**kwargs)` does (e.g. `top_k=None` disables
-# top-k, `max_length=None` restores the length default).
-_NOT_NONE = frozenset({"do_sample", "num_beams", "num_return_sequences", "min_length", "early_stopping",
-                       "length_penalty"})  # fmt: skip
+# Fields for which an explicit `None` in `resolve(**overrides)` stands for HF's default (where HF's `generate()`
+# treats None like the default, e.g. `do_sample=None` is greedy, or crashes); every other field takes `None`
+# literally, as HF does (e.g. `top_k=None` disables top-k, `max_length=None` restores the length default).
+_NOT_NONE = frozenset(
+    {"do_sample", "num_beams", "num_return_sequences", "min_length", "early_stopping", "length_penalty"}
+)
 
 
 def _freeze(value: Any) -> Any:
@@ -52,6 +59,8 @@ def _freeze(value: Any) -> Any:
         return tuple(_freeze(v) for v in value)
     if isinstance(value, dict):
         return tuple((k, _freeze(v)) for k, v in value.items())
+    if isinstance(value, np.integer):
+        return int(value)
     return value
 
 
@@ -61,6 +70,10 @@ def _int_or_ints(value: Any) -> int | tuple[int, ...] | None:
     if isinstance(value, (list, tuple)):
         return tuple(int(v) for v in value)
     return int(value)
+
+
+def _is_token_seq(seq: Any) -> bool:
+    return isinstance(seq, tuple) and bool(seq) and all(isinstance(t, int) and t >= 0 for t in seq)
 
 
 def _ints(value: Any) -> tuple[int, ...] | None:
@@ -135,11 +148,13 @@ class GenerationConfig:
     def from_dict(cls, config_dict: dict[str, Any]) -> GenerationConfig:
         """A generation config from the contents of a `generation_config.json` (HF `GenerationConfig.from_dict`).
 
-        A `None` value means unset (HF's default is used); unknown keys are recorded in `ignored`.
+        A `None` value means unset (HF's default is used); unknown keys with a value are recorded in `ignored`.
         """
         known = set(cls.fields())
         values = {k: v for k, v in config_dict.items() if k in known and v is not None}
-        ignored = tuple((k, v) for k, v in config_dict.items() if k not in known and k not in _METADATA_KEYS)
+        ignored = tuple(
+            (k, v) for k, v in config_dict.items() if k not in known and k not in _METADATA_KEYS and v is not None
+        )
         return cls(**values, ignored=ignored)
 
     @classmethod
@@ -150,7 +165,7 @@ class GenerationConfig:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON: {e}") from e
         if not isinstance(data, dict):
-            raise ValueError(f"{path} must hold a JSON object, not {type(data).__name__}.")
+            raise TypeError(f"{path} must hold a JSON object, not {type(data).__name__}.")
         return cls.from_dict(data)
 
     @classmethod
@@ -199,9 +214,7 @@ class GenerationConfig:
         """A copy with some fields changed (no validation; see `resolve`)."""
         unknown = sorted(set(changes) - set(self.fields()))
         if unknown:
-            raise ValueError(
-                f"Unknown generation option(s) {unknown}. Supported options: {', '.join(self.fields())}."
-            )
+            raise ValueError(f"Unknown generation option(s) {unknown}. Supported options: {', '.join(self.fields())}.")
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -288,7 +301,9 @@ class GenerationConfig:
                 "beam search."
             )
         if self.max_new_tokens is not None and self.max_new_tokens <= 0:
-            raise ValueError(f"`max_new_tokens` must be greater than 0, but is {self.max_new_tokens}. Pass a value >= 1.")
+            raise ValueError(
+                f"`max_new_tokens` must be greater than 0, but is {self.max_new_tokens}. Pass a value >= 1."
+            )
         if self.max_length is not None and self.max_length <= 0:
             raise ValueError(f"`max_length` must be greater than 0, but is {self.max_length}. Prefer `max_new_tokens`.")
         if self.min_new_tokens is not None and self.min_new_tokens < 0:
@@ -334,16 +349,15 @@ class GenerationConfig:
             if self.min_p is not None and not 0 <= self.min_p <= 1:
                 raise ValueError(f"`min_p` must be in [0, 1] (typical values 0.01-0.2), but is {self.min_p}.")
         if self.no_repeat_ngram_size is not None and self.no_repeat_ngram_size < 0:
-            raise ValueError(f"`no_repeat_ngram_size` must be >= 0 (0 disables it), but is {self.no_repeat_ngram_size}.")
-        if self.bad_words_ids is not None:
-            if not self.bad_words_ids or any(
-                not isinstance(seq, tuple) or not seq or any(not isinstance(t, int) or t < 0 for t in seq)
-                for seq in self.bad_words_ids
-            ):
-                raise ValueError(
-                    f"`bad_words_ids` must be a non-empty list of non-empty lists of token ids >= 0, but is "
-                    f"{self.bad_words_ids}. Build it with tokenizer(words, add_special_tokens=False).input_ids."
-                )
+            raise ValueError(
+                f"`no_repeat_ngram_size` must be >= 0 (0 disables it), but is {self.no_repeat_ngram_size}."
+            )
+        words = self.bad_words_ids
+        if words is not None and (not words or not all(_is_token_seq(seq) for seq in words)):
+            raise ValueError(
+                f"`bad_words_ids` must be a non-empty list of non-empty lists of token ids >= 0, but is {words}. "
+                "Build it with tokenizer(words, add_special_tokens=False).input_ids."
+            )
         if self.suppress_tokens is not None:
             for name in ("forced_bos_token_id", "forced_eos_token_id"):
                 forced = getattr(self, name)
@@ -357,14 +371,22 @@ class GenerationConfig:
         return self
 
 
-def resolve(base: GenerationConfig | None = None, /, **overrides) -> GenerationConfig:
+def resolve(base: Any = None, /, **overrides) -> GenerationConfig:
     """The generation config `generate(**overrides)` runs with: `overrides` > `base` (the model's generation config,
-    e.g. `GenerationConfig.from_pretrained(dir)`) > HF's defaults, validated.
+    e.g. `GenerationConfig.from_pretrained(dir)`; a `transformers.GenerationConfig` is converted) > HF's defaults,
+    validated.
 
-    As in HF, an override is taken as given, `None` included (`top_k=None` disables top-k), except for the fields
-    that cannot be None (`do_sample`, `num_beams`, `num_return_sequences`, `min_length`, `early_stopping`,
-    `length_penalty`), where None means "not given". Unknown options raise ValueError.
+    As in HF, an override is taken as given, `None` included (`top_k=None` disables top-k); for `do_sample`,
+    `num_beams`, `num_return_sequences`, `min_length`, `early_stopping` and `length_penalty`, None stands for HF's
+    default (`do_sample=None` is greedy, as in HF). Pass only the options the caller gave. Unknown options raise
+    ValueError.
     """
-    base = GenerationConfig() if base is None else base
-    changes = {k: v for k, v in overrides.items() if not (v is None and k in _NOT_NONE)}
+    if base is None:
+        base = GenerationConfig()
+    elif not isinstance(base, GenerationConfig):
+        if not hasattr(base, "to_dict"):
+            raise TypeError(f"base must be a GenerationConfig, got {type(base).__name__}.")
+        base = GenerationConfig.from_dict(base.to_dict())
+    defaults = GenerationConfig()
+    changes = {k: getattr(defaults, k) if v is None and k in _NOT_NONE else v for k, v in overrides.items()}
     return base.replace(**changes).validate()

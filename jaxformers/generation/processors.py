@@ -316,4 +316,3 @@ def logits_warper(cfg: GenerationConfig) -> Callable[[jax.Array], jax.Array]:
         return logits
 
     return warp
-
