@@ -7,7 +7,8 @@ segment ids keep `q_ids[i] == kv_ids[j]`. Kernels pad sequences to block multipl
 
 Masked logits are replaced by the large finite `MASK_VALUE` rather than `-inf` (as the XLA path does), so a query
 row whose keys are all masked gets finite outputs and finite gradients. Which value it gets (an average of the values
-the kernel visited) is not specified: callers must not rely on fully masked rows.
+the kernel visited) is not specified: callers must not rely on fully masked rows. The decode kernels, whose split
+merge needs empty splits to weigh nothing, define such rows as zeros (forward and gradient), as `decode_reference`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import numpy as np
 from jax import lax
 
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+# A running row max at or below this saw masked entries only (real logits are never this negative).
+DEAD_ROW_MAX = 0.5 * MASK_VALUE
 
 
 def cdiv(a: int, b: int) -> int:
@@ -129,7 +132,7 @@ class Geometry:
         return max(1, max(_span(*self.q_range(j)) for j in range(self.num_kv_blocks)))
 
     def mask(self, q_pos, k_pos, q_ids=None, kv_ids=None):
-        """Boolean keep-mask from broadcastable position (and optional segment id) arrays, or None if nothing is masked."""
+        """Boolean keep-mask from broadcastable positions (and optional segment ids); None if nothing is masked."""
         parts = []
         if self.padded:
             parts.append(k_pos < self.kv_len)
@@ -256,15 +259,9 @@ def decode_positions(lengths, t: int):
     return lengths.astype(jnp.int32)[:, None] - t + jnp.arange(t, dtype=jnp.int32)[None, :]
 
 
-def decode_reference(q, k_cache, v_cache, lengths, *, key_mask=None, sliding_window=None, scale=None, softcap=None):
-    """Dense float32 reference for decode attention: query `i` sits at slot `lengths - T + i` and attends causally
-    within the valid slots `[0, lengths)`, optionally restricted by `key_mask [B, S]` and a sliding window."""
-    b, t, s, n, kh, h = check_qkv(q, k_cache, v_cache)
-    scale = h**-0.5 if scale is None else scale
-    qf, kf, vf = (x.astype(jnp.float32) for x in (q, k_cache, v_cache))
-    qg = qf.reshape(b, t, kh, n // kh, h)  # [B, T, K, G, H]
-    logits = jnp.einsum("BTKGH,BSKH->BKGTS", qg, kf, precision=lax.Precision.HIGHEST) * scale
-    logits = soft_cap(logits, softcap)
+def decode_mask(lengths, t: int, s: int, key_mask=None, sliding_window=None):
+    """`[B, T, S]` keep-mask of decode attention: query `i` at slot `lengths - T + i` sees slots `<=` its own,
+    optionally restricted by `key_mask [B, S]` and a sliding window."""
     q_pos = decode_positions(lengths, t)[:, :, None]  # [B, T, 1]
     k_pos = jnp.arange(s)[None, None, :]
     mask = k_pos <= q_pos
@@ -272,7 +269,20 @@ def decode_reference(q, k_cache, v_cache, lengths, *, key_mask=None, sliding_win
         mask &= k_pos > q_pos - sliding_window
     if key_mask is not None:
         mask &= key_mask.astype(bool)[:, None, :]
+    return mask
+
+
+def decode_reference(q, k_cache, v_cache, lengths, *, key_mask=None, sliding_window=None, scale=None, softcap=None):
+    """Dense float32 reference for decode attention (mask: `decode_mask`); rows with no visible key are zero."""
+    b, t, s, n, kh, h = check_qkv(q, k_cache, v_cache)
+    scale = h**-0.5 if scale is None else scale
+    qf, kf, vf = (x.astype(jnp.float32) for x in (q, k_cache, v_cache))
+    qg = qf.reshape(b, t, kh, n // kh, h)  # [B, T, K, G, H]
+    logits = jnp.einsum("BTKGH,BSKH->BKGTS", qg, kf, precision=lax.Precision.HIGHEST) * scale
+    logits = soft_cap(logits, softcap)
+    mask = decode_mask(lengths, t, s, key_mask, sliding_window)  # [B, T, S]
     logits = jnp.where(mask[:, None, None], logits, MASK_VALUE)
     probs = jax.nn.softmax(logits, axis=-1)
     out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, vf, precision=lax.Precision.HIGHEST)
-    return out.reshape(b, t, n, h).astype(q.dtype)
+    live = jnp.any(mask, axis=-1)[:, :, None, None, None]  # [B, T, 1, 1, 1]
+    return jnp.where(live, out, 0.0).reshape(b, t, n, h).astype(q.dtype)

@@ -27,7 +27,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from jaxformers.kernels import _common
-from jaxformers.kernels._common import MASK_VALUE
+from jaxformers.kernels._common import DEAD_ROW_MAX, MASK_VALUE
 
 LOG2E = math.log2(math.e)
 MIN_BLOCK = 16
@@ -106,9 +106,11 @@ def _decode_kernel(*refs, cfg: _Config, has_key_mask: bool):
 
     init = (jnp.zeros(q.shape, jnp.float32), jnp.full((rows,), -jnp.inf, jnp.float32), jnp.zeros((rows,), jnp.float32))
     acc, m, l = lax.fori_loop(lo, hi, body, init)
-    l_safe = jnp.where(l == 0.0, 1.0, l)
-    o_ref[...] = acc / l_safe[:, None]
-    lse_ref[...] = jnp.where(l == 0.0, -jnp.inf, m + jnp.log2(l_safe))  # empty split: weight 0 in the merge
+    # No live key in this split (no block visited, or masked entries only): output 0 and weight 0 in the merge.
+    empty = jnp.logical_or(l == 0.0, m <= DEAD_ROW_MAX)
+    inv_l = jnp.where(empty, 0.0, 1.0 / jnp.where(l == 0.0, 1.0, l))
+    o_ref[...] = acc * inv_l[:, None]
+    lse_ref[...] = jnp.where(empty, -jnp.inf, m + jnp.log2(jnp.where(empty, 1.0, l)))
 
 
 def _decode_call(lengths, offsets, qr, k, v, key_mask, cfg: _Config):

@@ -28,7 +28,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from jaxformers.kernels import _common
-from jaxformers.kernels._common import MASK_VALUE
+from jaxformers.kernels._common import DEAD_ROW_MAX, MASK_VALUE
 
 NUM_LANES = 128
 NUM_SUBLANES = 8
@@ -128,10 +128,12 @@ def _decode_kernel(*refs, cfg: _Config, has_key_mask: bool):
 
     @pl.when(j == cfg.blocks_per_split - 1)
     def _finish():
-        l = l_scr[...]
-        l_safe = jnp.where(l == 0.0, 1.0, l)
-        o_ref[...] = acc_scr[...] * _lanes(1.0 / l_safe, h)
-        lse_ref[...] = jnp.where(l == 0.0, -jnp.inf, m_scr[...] + jnp.log(l_safe))  # empty split: weight 0
+        l, m = l_scr[...], m_scr[...]
+        # No live key in this split (no block visited, or masked entries only): output 0 and weight 0 in the merge.
+        empty = jnp.logical_or(l == 0.0, m <= DEAD_ROW_MAX)
+        inv_l = jnp.where(empty, 0.0, 1.0 / jnp.where(l == 0.0, 1.0, l))
+        o_ref[...] = acc_scr[...] * _lanes(inv_l, h)
+        lse_ref[...] = jnp.where(empty, -jnp.inf, m + jnp.log(jnp.where(empty, 1.0, l)))
 
 
 def _decode_call(lengths, offsets, qr, k, v, key_mask, cfg: _Config):

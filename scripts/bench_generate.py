@@ -5,8 +5,10 @@
 
 Settings (both sides identical): fp32, random weights, a 32-token prompt, 128 new tokens, greedy, KV cache, and an
 EOS id that the run checks never occurred, so every run makes exactly 128 tokens. Prints tokens/s, the per-step
-decode time ((t(128 tokens) - t(1 token)) / 127), the ratio jaxformers/PyTorch, jaxformers' first-call time
-(tracing + compilation + one run) and how many generated tokens agree between the two.
+decode time ((t(128 tokens) - t(1 token)) / 127), the ratio jaxformers/PyTorch (tokens/s), jaxformers' first-call
+time (tracing + compilation + one run) with the compile overhead (first call minus a warm call) in brackets, and
+how many generated tokens agree between the two. `--scan-layout` also times the decode loop over scanned stacked
+weights, the layout the per-layer default is chosen against.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ def main():
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-torch", action="store_true", help="time jaxformers only")
+    ap.add_argument("--scan-layout", action="store_true",
+                    help="also time the decode loop over scanned, stacked [L, ...] weights (unroll_layers=False)")
     args = ap.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -56,7 +60,7 @@ def main():
 
     print(f"jax {jax.__version__} on {jax.devices()}, torch {torch.__version__} with {torch.get_num_threads()} threads")
     print(f"prompt {args.prompt} tokens, {args.new} new tokens, greedy, fp32, KV cache, median of {args.repeats}\n")
-    header = f"{'model':<7}{'batch':>6}{'impl':>12}{'tok/s':>9}{'ms/step':>9}{'first call s':>14}{'ratio':>8}"
+    header = f"{'model':<7}{'batch':>6}{'impl':>12}{'tok/s':>9}{'ms/step':>9}{'first call s (compile)':>14}{'ratio':>8}"
     print(header)
     rows = []
     for name in args.models:
@@ -73,8 +77,8 @@ def main():
             ids = np.random.RandomState(b).randint(1, vocab - 1, (b, args.prompt)).astype(np.int32)
             gen = dict(do_sample=False, eos_token_id=eos, pad_token_id=eos)
 
-            def ours(n):
-                return jf.generate(model, ids, max_new_tokens=n, **gen)
+            def ours(n, unroll=True):
+                return jf.generate(model, ids, max_new_tokens=n, unroll_layers=unroll, **gen)
 
             t0 = time.perf_counter()
             out = ours(args.new)
@@ -85,8 +89,15 @@ def main():
             )
             t_all, t_one = median_time(lambda: ours(args.new), args.repeats), median_time(lambda: ours(1), args.repeats)
             res = {"model": name, "batch": b, "jf_tps": b * args.new / t_all, "jf_step": (t_all - t_one) / (args.new - 1)}
-            res["first"] = first
-            line = f"{name:<7}{b:>6}{'jaxformers':>12}{res['jf_tps']:>9.1f}{res['jf_step'] * 1e3:>9.2f}{first:>14.2f}"
+            res["first"], res["compile"] = first, first - t_all
+            line = f"{name:<7}{b:>6}{'jaxformers':>12}{res['jf_tps']:>9.1f}{res['jf_step'] * 1e3:>9.2f}{first:>8.2f}"
+            line += f" ({res['compile']:.1f})"
+            if args.scan_layout:
+                ours(args.new, unroll=False)
+                ours(1, unroll=False)
+                s_all = median_time(lambda: ours(args.new, unroll=False), args.repeats)
+                s_one = median_time(lambda: ours(1, unroll=False), args.repeats)
+                res["scan_tps"], res["scan_step"] = b * args.new / s_all, (s_all - s_one) / (args.new - 1)
             if not args.no_torch:
                 tid = torch.tensor(ids).long()
 
@@ -104,6 +115,8 @@ def main():
                 res["agree"] = float((ref_out[:, args.prompt :] == out[:, args.prompt :]).mean())
                 line += f"{res['jf_tps'] / res['pt_tps']:>8.2f}"
                 print(line)
+                if args.scan_layout:
+                    print(f"{'':<7}{'':>6}{'jf (scan)':>12}{res['scan_tps']:>9.1f}{res['scan_step'] * 1e3:>9.2f}")
                 print(f"{'':<7}{'':>6}{'pytorch':>12}{res['pt_tps']:>9.1f}{res['pt_step'] * 1e3:>9.2f}"
                       f"{'':>14}   tokens agreeing with pytorch: {res['agree']:.1%}")  # fmt: skip
             else:

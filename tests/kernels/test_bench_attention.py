@@ -1,0 +1,68 @@
+"""scripts/bench_attention.py: the --smoke run end to end (CPU, kernels interpreted) and the AUTO_TABLE derivation."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+from jaxformers.core import attention
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_attention.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("bench_attention", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_run_prints_timings_errors_and_table_rows():
+    cmd = [sys.executable, str(SCRIPT), "--smoke", "--emit-table"]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    rows = [ln.split() for ln in lines if ln.split() and ln.split()[0].isdigit()]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("64", c, p) for c in ("False", "True") for p in ("fwd", "fwd+bwd")]
+    for r in rows:
+        float(r[3]), float(r[5])  # pallas and xla times are numbers
+        assert r[7] == "n/a", r  # no cuDNN on CPU: reported per row, not a crash
+        if r[2] == "fwd":
+            assert float(r[-1]) < 2e-2, r  # bf16 forward error of the interpreted kernel against XLA
+    assert "cuDNN" in proc.stderr  # the reason for n/a is shown
+    table = [ast.literal_eval(ln.strip().rstrip(",")) for ln in lines if ln.startswith('    ("')]
+    assert table and table[0][:4] == ("cpu", "prefill", "16bit", 0)
+    for row in table:
+        assert len(row) == len(attention.AUTO_TABLE[0]) and row[4][-1] == "xla" and "cudnn" not in row[4], row
+
+
+def test_derive_table_ranks_merges_and_drops_failures():
+    bench = _load_script()
+    timings = {  # per length: pallas, xla, cudnn seconds (or failures)
+        1024: (2.0, 1.0, 3.0),
+        4096: (1.0, 2.0, 0.5),
+        8192: (1.0, 3.0, 0.5),
+        16384: (1.0, "OOM", "n/a"),
+    }
+    results = {
+        (length, causal, mode): dict(zip(bench.IMPLS, ts))
+        for length, ts in timings.items()
+        for causal in (False, True)
+        for mode in bench.PASSES
+    }
+    results[(8192, True, "fwd")]["cudnn"] = "n/a"  # one failing configuration removes cudnn at that length
+    rows = bench.derive_table(results, list(timings), "gpu", "16bit")
+    assert rows == [
+        ("gpu", "prefill", "16bit", 0, ("xla",)),
+        ("gpu", "prefill", "16bit", 4096, ("cudnn", "pallas", "xla")),
+        ("gpu", "prefill", "16bit", 8192, ("pallas", "xla")),
+    ]
+
+
+def test_flop_count():
+    bench = _load_script()
+    assert bench.flops(2, 16, 1024, 1024, 128, False, "fwd") == 4 * 2 * 16 * 1024 * 1024 * 128
+    assert bench.flops(2, 16, 1024, 1024, 128, True, "fwd+bwd") == 3.5 * 2 * 2 * 16 * 1024 * 1024 * 128
