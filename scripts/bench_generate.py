@@ -60,7 +60,7 @@ def main():
 
     print(f"jax {jax.__version__} on {jax.devices()}, torch {torch.__version__} with {torch.get_num_threads()} threads")
     print(f"prompt {args.prompt} tokens, {args.new} new tokens, greedy, fp32, KV cache, median of {args.repeats}\n")
-    header = f"{'model':<7}{'batch':>6}{'impl':>12}{'tok/s':>9}{'ms/step':>9}{'first call s (compile)':>14}{'ratio':>8}"
+    header = f"{'model':<7}{'batch':>6}{'impl':>12}{'tok/s':>9}{'ms/step':>9}{'first call s (compile)':>24}{'ratio':>8}"
     print(header)
     rows = []
     for name in args.models:

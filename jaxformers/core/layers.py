@@ -61,11 +61,18 @@ class Dense(nnx.Module):
         n_in = len(self.in_shape)
         self.bias = param(rngs, zeros, self.out_shape, opts.param_dtype, axes[n_in:]) if use_bias else None
 
+    out_first = False  # kernel stored `[*out_shape, *in_shape]` (see `set_kernel_layout`)
+
     def __call__(self, x: jax.Array) -> jax.Array:
         n_in = len(self.in_shape)
         batch = x.shape[: x.ndim - n_in]
         k = self.kernel[...].astype(self.dtype)
-        y = jnp.dot(x.astype(self.dtype).reshape(-1, math.prod(self.in_shape)), k.reshape(-1, math.prod(self.out_shape)))
+        x2 = x.astype(self.dtype).reshape(-1, math.prod(self.in_shape))
+        if self.out_first:  # y = x @ k.T as dot products over contiguous kernel rows (fast GEMV on XLA:CPU)
+            k2 = k.reshape(math.prod(self.out_shape), -1)
+            y = jax.lax.dot_general(x2, k2, (((1,), (1,)), ((), ())))
+        else:
+            y = jnp.dot(x2, k.reshape(-1, math.prod(self.out_shape)))
         y = y.reshape(batch + self.out_shape)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
@@ -204,6 +211,28 @@ class Unstacked(nnx.Module):
 
     def scan(self, *args, **kwargs):
         raise TypeError("Unstacked layers cannot be scanned; run the model with scan_layers=False")
+
+
+def set_kernel_layout(model: nnx.Module, out_first: bool) -> nnx.Module:
+    """Store every `Dense` kernel of `model` as `[*out, *in]` (`out_first=True`) or `[*in, *out]`, in place.
+
+    Same numbers, different memory order: on XLA:CPU a one-row product (batch-1 decoding) streams `[out, in]` rows
+    about 25% faster, while skinny multi-row products prefer `[in, out]` (scripts/bench_generate.py, BENCHMARKS.md).
+    Meant, like `unstack_layers`, for a decoding copy of the model; checkpoints always use `[*in, *out]`.
+    """
+    for _, module in list(nnx.iter_modules(model)):
+        if isinstance(module, Dense) and module.out_first != out_first:
+            n_in, n_out = len(module.in_shape), len(module.out_shape)
+            first, second = (n_in, n_out) if not module.out_first else (n_out, n_in)
+            perm = tuple(range(first, first + second)) + tuple(range(first))
+            var = module.kernel
+            axes = var.get_metadata().get("axes")
+            new = var.replace(value=jnp.transpose(var[...], perm))
+            if axes:
+                new.set_metadata(axes=tuple(axes[i] for i in perm))
+            module.kernel = new
+            module.out_first = out_first
+    return model
 
 
 def unstack_layers(model: nnx.Module) -> nnx.Module:

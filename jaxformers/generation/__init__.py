@@ -47,13 +47,12 @@ def _counted(name: str, fn: Callable) -> Callable:
 
 _START_STATIC = ("cfg", "cache_len", "buf_len", "unroll")
 _greedy_start = jax.jit(_counted("greedy_start", decode.greedy_start), static_argnums=0, static_argnames=_START_STATIC)
-_greedy_run = jax.jit(
-    _counted("greedy_run", decode.greedy_run), static_argnums=0, static_argnames=("cfg", "unroll"), donate_argnums=2
-)
 _beam_start = jax.jit(_counted("beam_start", decode.beam_start), static_argnums=0, static_argnames=_START_STATIC)
-_beam_run = jax.jit(
-    _counted("beam_run", decode.beam_run), static_argnums=0, static_argnames=("cfg", "unroll"), donate_argnums=2
-)
+
+
+_greedy_run = jax.jit(_counted("greedy_run", decode.greedy_run), static_argnums=0, static_argnames="cfg",
+                      donate_argnums=2)  # fmt: skip
+_beam_run = jax.jit(_counted("beam_run", decode.beam_run), static_argnums=0, static_argnames="cfg", donate_argnums=2)
 
 
 def generate(
@@ -88,14 +87,12 @@ def generate(
       `[B * num_return_sequences, T + n]` int32: the prompts as given, then the generated tokens, finished rows
       padded with `pad_token_id` (HF's layout; `n` is the number of steps taken).
     """
-    chunks = []
     out = None
     for item in _generate(model, input_ids, attention_mask, generation_config, key, chunk_steps, unroll_layers,
                           kwargs, streaming=streamer is not None):  # fmt: skip
         if isinstance(item, _Final):
             out = item.sequences
         else:
-            chunks.append(item)
             streamer(item)
     return out
 
@@ -180,17 +177,20 @@ def _generate(model, input_ids, attention_mask, generation_config, key, chunk_st
     static = _static_config(cfg)
     graphdef, state = nnx.split(model)
     common = {"cfg": static, "cache_len": cache_len, "buf_len": cache_len, "unroll": unroll}
-    start_fn, run_fn = (_beam_start, _beam_run) if nb > 1 else (_greedy_start, _greedy_run)
+    start_fn = _beam_start if nb > 1 else _greedy_start
+    run_fn = _beam_run if nb > 1 else _greedy_run
     pad_len = np.zeros((bb,), np.int32)
     pad_len[:rows] = np.argmax(mask, axis=1)  # HF's padding_lengths
     args = (jnp.asarray(ids_b), jnp.asarray(mask_b), jnp.asarray(pad_len), start, key, max_new)
     st = start_fn(graphdef, state, *args, **common)
+    # the loop runs on the decoding layout (per-layer arrays), made once and reused while the weights are unchanged
+    dgraph, dstate = decode.decode_model(graphdef, state, rows=bb * nb, unroll=unroll)
     if not streaming:
-        st = run_fn(graphdef, state, st, max_new, cfg=static, unroll=unroll)
+        st = run_fn(dgraph, dstate, st, max_new, cfg=static)
     else:
         done = 0
         while True:
-            st = run_fn(graphdef, state, st, done + chunk_steps, cfg=static, unroll=unroll)
+            st = run_fn(dgraph, dstate, st, done + chunk_steps, cfg=static)
             step = int(st.step)
             new = np.asarray(st.hist.ids[:rows, tb + done : tb + step])
             done = step

@@ -9,19 +9,21 @@ Token history lives in a `[B, L]` buffer (`History`): `start` columns of bucket 
 (the caller's left-padded prompt followed by generated tokens). Both searches reproduce transformers 5.x exactly
 (the beam search follows `GenerationMixin._beam_search`, whose vectorised bookkeeping this mirrors step by step).
 
-Layers: the loop runs the model on per-layer arrays and a per-layer cache (`unstack_layers`): on XLA:CPU a decode
-step that slices stacked `[L, ...]` weights ran at half the speed (see BENCHMARKS.md). The prefill keeps the model's
-own layout (scanned layers compile fast).
+Layers: the loop runs the model on per-layer arrays and a per-layer cache (`decode_model`): on XLA:CPU a decode
+step over scanned, stacked `[L, ...]` weights is much slower (see BENCHMARKS.md). The prefill keeps the model's own
+layout (scanned layers compile fast).
 """
 
 from __future__ import annotations
+
+import weakref
 
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
 from jaxformers.core.cache import KVCache
-from jaxformers.core.layers import unstack_layers
+from jaxformers.core.layers import set_kernel_layout, unstack_layers
 from jaxformers.generation import processors as proc
 from jaxformers.generation.config import GenerationConfig
 from jaxformers.generation.history import History
@@ -73,9 +75,45 @@ def beam_fill_id(cfg: GenerationConfig) -> int:
     return (pad_id(cfg) or eos[0]) if eos else -1
 
 
-def _model(graphdef, state, unroll: bool):
-    model = nnx.merge(graphdef, state)
-    return unstack_layers(model) if unroll else model
+# Up to this many rows, the decode loop stores kernels `[out, in]` (one-row products stream them faster on XLA:CPU).
+OUT_FIRST_MAX_ROWS = 1
+
+
+def decode_model(graphdef, state, *, rows: int, unroll: bool):
+    """`(graphdef, state)` of the model the decode loop runs: per-layer arrays when `unroll`, and kernels laid out
+    for `rows`-row products.
+
+    A separate jitted program materialises the new layout (inside the loop's own program XLA would fold the slices
+    and transposes back into the original arrays). The most recent layout is kept, keyed by weak references to the
+    source arrays, so repeated `generate` calls on an unchanged model pay for it once; it costs one extra copy of
+    the weights in memory (`unroll_layers=False` avoids both)."""
+    if not unroll:
+        return graphdef, state
+    leaves = jax.tree.leaves(state)
+    key = (graphdef, rows <= OUT_FIRST_MAX_ROWS)
+    hit = _LAYOUT_CACHE.get(key)
+    if hit is not None and len(hit[0]) == len(leaves) and all(r() is x for r, x in zip(hit[0], leaves)):
+        return _DECODE_GRAPHDEFS[key], hit[1]
+    _LAYOUT_CACHE.clear()  # one entry: never hold a second copy of more than one model
+    dstate = _decode_layout(graphdef, state, key[1])
+    _LAYOUT_CACHE[key] = ([weakref.ref(x) for x in leaves], dstate)
+    return _DECODE_GRAPHDEFS[key], dstate
+
+
+_LAYOUT_CACHE: dict = {}
+_DECODE_GRAPHDEFS: dict = {}  # (graphdef, rows) -> graphdef of the decoding layout, recorded while tracing
+
+
+def _to_decode_layout(graphdef, state, out_first: bool):
+    model = unstack_layers(nnx.merge(graphdef, state))
+    if out_first:
+        set_kernel_layout(model, out_first=True)
+    dgraph, dstate = nnx.split(model)
+    _DECODE_GRAPHDEFS[(graphdef, out_first)] = dgraph
+    return dstate
+
+
+_decode_layout = jax.jit(_to_decode_layout, static_argnums=(0, 2))
 
 
 def _forward(model, ids, cache):
@@ -128,9 +166,11 @@ def greedy_start(graphdef, state, ids, mask, pad_len, start, key, max_new, *, cf
     return _GreedyState(hist, cache, logits, finished, key, zero, jnp.asarray(max_new, jnp.int32))
 
 
-def greedy_run(graphdef, state, st: _GreedyState, stop, *, cfg: GenerationConfig, unroll: bool) -> _GreedyState:
-    """Decode until `stop` tokens were generated, every row has finished, or `max_new` is reached."""
-    model = _model(graphdef, state, unroll)
+def greedy_run(graphdef, state, st: _GreedyState, stop, *, cfg: GenerationConfig) -> _GreedyState:
+    """Decode until `stop` tokens were generated, every row has finished, or `max_new` is reached.
+
+    `(graphdef, state)` is the decoding model (`decode_model`)."""
+    model = nnx.merge(graphdef, state)
     process = proc.logits_processor(cfg, vocab_size=st.logits.shape[-1])
     warp = proc.logits_warper(cfg) if cfg.do_sample else None
     limit = jnp.minimum(jnp.asarray(stop, jnp.int32), st.max_new)
@@ -198,8 +238,8 @@ def _gather(x, idx):
     return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
-def beam_run(graphdef, state, st: _BeamState, stop, *, cfg: GenerationConfig, unroll: bool) -> _BeamState:
-    model = _model(graphdef, state, unroll)
+def beam_run(graphdef, state, st: _BeamState, stop, *, cfg: GenerationConfig) -> _BeamState:
+    model = nnx.merge(graphdef, state)
     process = proc.logits_processor(cfg, vocab_size=st.logits.shape[-1])
     warp = proc.logits_warper(cfg) if cfg.do_sample else None
     nb = cfg.num_beams

@@ -137,8 +137,8 @@ def test_explicit_scale_is_used():
         (((8, 4, 16), (1, 8, 2, 16), (1, 8, 2, 16)), {}, "expected q"),
         (((1, 8, 6, 16), (1, 8, 4, 16), (1, 8, 4, 16)), {}, "multiple of K"),
         (((1, 8, 4, 16), (1, 8, 2, 32), (1, 8, 2, 32)), {}, "incompatible"),
-        (((1, 8, 4, 16), (1, 9, 2, 16), (1, 9, 2, 16)), {"segment_ids": jnp.zeros((1, 8), jnp.int32)}, "T == S"),
-        (((1, 8, 4, 16), (1, 8, 2, 16), (1, 8, 2, 16)), {"segment_ids": jnp.zeros((1, 7), jnp.int32)}, "segment ids"),
+        (((1, 8, 4, 16), (1, 9, 2, 16), (1, 9, 2, 16)), {"segment_ids": np.zeros((1, 8), np.int32)}, "T == S"),
+        (((1, 8, 4, 16), (1, 8, 2, 16), (1, 8, 2, 16)), {"segment_ids": np.zeros((1, 7), np.int32)}, "segment ids"),
     ],
     ids=["backend", "k-v-mismatch", "rank", "heads", "head-dim", "single-ids-t!=s", "ids-length"],
 )
