@@ -1,8 +1,8 @@
 """The jitted decoding cores: prefill, then one `jax.lax.while_loop` over decode steps with a static-size KV cache.
 
 Two searches share one layout: greedy/sampling (`_GreedyState`) and beam search (`_BeamState`). Each has a `start`
-function (prefill the prompt into a fresh cache and pick the first token) and a `run` function (continue the loop
-until `stop` tokens exist, every row has finished, or `max_new` is reached). `run` is called once by `generate` and
+function (prefill the prompt into a fresh cache: next-token logits plus the loop state) and a `run` function (the
+loop: pick tokens until `stop` tokens exist, every row has finished, or `max_new` is reached). `run` is called once by `generate` and
 once per chunk by streaming, with the same compiled program: `stop` and `max_new` are traced.
 
 Token history lives in a `[B, L]` buffer (`History`): `start` columns of bucket padding, then HF's `input_ids`
@@ -101,7 +101,7 @@ def decode_model(graphdef, state, *, rows: int, unroll: bool):
 
 
 _LAYOUT_CACHE: dict = {}
-_DECODE_GRAPHDEFS: dict = {}  # (graphdef, rows) -> graphdef of the decoding layout, recorded while tracing
+_DECODE_GRAPHDEFS: dict = {}  # (graphdef, out_first) -> graphdef of the decoding layout, recorded while tracing
 
 
 def _to_decode_layout(graphdef, state, out_first: bool):
