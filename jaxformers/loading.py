@@ -215,6 +215,14 @@ def _build(cls, cfg, source, options: Options, mesh, rules):
         cls.hf_weights, cfg, targets, source, base_prefix=cls.base_attr, hf_prefix=cls.hf_prefix,
         optional=cls.init_if_missing,
     )  # fmt: skip
+    if plan.unused:  # as transformers: expected (info) when loading another class than the checkpoint's own
+        own = cls.hf_architecture in (cfg.extra.get("architectures") or ())
+        shown = plan.unused[:10] + ([f"... {len(plan.unused) - 10} more"] if len(plan.unused) > 10 else [])
+        (log.warning if own else log.info)(
+            "%s: checkpoint tensors not used (heads or parts this class does not build): %s",
+            cls.__name__,
+            ", ".join(shown),
+        )
     if plan.missing_head:
         log.warning(
             "%s: newly initialised (not in the checkpoint, train before use): %s",

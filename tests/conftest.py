@@ -53,9 +53,12 @@ def build_tiny(name: str, hf_class: str, directory, seed: int = 0, **overrides):
     cfg = getattr(transformers, cfg_cls)(**{**kwargs, **overrides})
     torch.manual_seed(seed)
     model = getattr(transformers, hf_class)(cfg).eval()
-    with torch.no_grad():  # random (not zero) biases and norm weights, so every parameter matters
+    # Random (not zero / one) biases and norm weights, so every parameter matters: every bias, and every 1-D weight
+    # whatever its name (GPT-2's ln_1 / ln_2 / ln_f too), so a swapped rule changes the outputs. Norm weights stay
+    # near 1 (Gemma's `(1 + w)` norms near 0).
+    with torch.no_grad():
         for n, p in model.named_parameters():
-            if n.endswith("bias") or "norm" in n.lower():
+            if n.endswith("bias") or p.ndim == 1 or "norm" in n.lower():
                 p.copy_(torch.randn_like(p) * 0.1 + (1.0 if n.endswith("weight") and "gemma" not in name else 0.0))
     model.save_pretrained(directory)
     return model

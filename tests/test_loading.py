@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -80,14 +81,66 @@ def test_unexpected_and_missing_tensors_reported_together(tiny_hf, tmp_path):
     assert "encoder.layer.block.output.bias: layers [1] missing" in str(err.value)
 
 
-def test_wrong_input_dtype_and_rank(tiny_hf):
-    model = jf.AutoModel.from_pretrained(tiny_hf("bert", "BertModel")[0])
+def test_config_switching_off_biases_the_checkpoint_has(tiny_hf, tmp_path):
+    """A checkpoint with q/k/v/o and MLP biases, config.json edited to attention_bias / mlp_bias false: one error
+    naming each tensor family and the contradicting flag, never a silent drop (that would change the outputs)."""
+    d, _ = copy_model(tiny_hf, tmp_path, "llama-tied-bias", "LlamaForCausalLM")
+    edit_config(d, attention_bias=False, mlp_bias=False)
+    with pytest.raises(ConversionError) as err:
+        jf.AutoModelForCausalLM.from_pretrained(d)
+    msg = str(err.value)
+    assert (
+        "checkpoint has model.layers.0.self_attn.q_proj.bias (and 1 more) but the config builds no such parameter "
+        "(attention_bias=false?)" in msg
+    )
+    for family in ["k_proj", "v_proj", "o_proj"]:
+        assert f"model.layers.0.self_attn.{family}.bias (and 1 more)" in msg
+    for family in ["gate_proj", "up_proj", "down_proj"]:
+        assert f"model.layers.0.mlp.{family}.bias (and 1 more) but the config builds no such parameter " \
+               "(mlp_bias=false?)" in msg  # fmt: skip
+    assert "7 problem(s)" in msg  # one line per tensor family, in one report
+
+
+def test_base_model_drops_only_head_tensors(tiny_hf, caplog):
+    """AutoModel on a classification checkpoint: the classifier is dropped (logged like transformers' "weights not
+    used"), the outputs are the base model's; a class without a pooler drops the checkpoint's pooler the same way."""
+    d, ref = tiny_hf("bert", "BertForSequenceClassification")
+    with caplog.at_level("INFO", logger="jaxformers"):
+        base = jf.AutoModel.from_pretrained(d)
+    assert "not used" in caplog.text and "classifier.weight" in caplog.text and "classifier.bias" in caplog.text
+    with torch.no_grad():
+        want = ref.bert(torch.tensor(IDS).long()).last_hidden_state.numpy()
+    np.testing.assert_allclose(np.asarray(base(IDS).last_hidden_state), want, atol=1e-5)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="jaxformers"):
+        jf.AutoModelForTokenClassification.from_pretrained(d)
+    assert "bert.pooler.dense.weight" in caplog.text
+
+
+MODELS = [("bert", "BertModel"), ("gpt2", "GPT2Model"), ("llama", "LlamaModel")]
+
+
+@pytest.mark.parametrize("name,hf_class", MODELS)
+def test_wrong_input_dtype_and_rank(tiny_hf, name, hf_class):
+    model = jf.AutoModel.from_pretrained(tiny_hf(name, hf_class)[0])
     with pytest.raises(TypeError, match="integer token ids"):
         model(IDS.astype(np.float32))
     with pytest.raises(ValueError, match="2-D"):
         model(IDS[0])
     with pytest.raises(ValueError, match="attention_mask shape"):
         model(IDS, np.ones((1, 3), np.int32))
+    pos = np.arange(IDS.shape[1], dtype=np.int32)[None]
+    with pytest.raises(ValueError, match=r"position_ids shape \(1, 3\) must equal input_ids shape \(1, 6\)"):
+        model(IDS, position_ids=pos[:, :3])
+    with pytest.raises(ValueError, match="position_ids shape"):
+        model(IDS, position_ids=pos[0])
+    with pytest.raises(TypeError, match="position_ids must hold integers, got dtype float32"):
+        model(IDS, position_ids=pos.astype(np.float32))
+    if name == "bert":
+        with pytest.raises(ValueError, match=r"token_type_ids shape \(2, 6\) must equal"):
+            model(IDS, token_type_ids=np.zeros((2, 6), np.int32))
+        with pytest.raises(TypeError, match="token_type_ids must hold integers"):
+            model(IDS, token_type_ids=np.zeros(IDS.shape, np.float32))
 
 
 def test_pickled_bin_needs_opt_in(tiny_hf, tmp_path):
@@ -103,6 +156,35 @@ def test_pickled_bin_needs_opt_in(tiny_hf, tmp_path):
     with torch.no_grad():
         want = ref(torch.tensor(IDS).long()).last_hidden_state.numpy()
     np.testing.assert_allclose(np.asarray(model(IDS).last_hidden_state), want, atol=1e-5)
+
+
+class NotATensor:
+    """Any pickled object other than tensors and plain containers: what a malicious .bin would carry."""
+
+    def __init__(self):
+        self.payload = "would run on unpickling with weights_only=False"
+
+
+def test_pickled_bin_with_objects_refused_even_with_opt_in(tiny_hf, tmp_path):
+    from safetensors.numpy import load_file
+
+    d, _ = copy_model(tiny_hf, tmp_path)
+    tensors = {k: torch.from_numpy(v) for k, v in load_file(d / "model.safetensors").items()}
+    torch.save({**tensors, "evil": NotATensor()}, d / "pytorch_model.bin")
+    (d / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"other than tensors.*weights_only=True\) refused it.*NotATensor"):
+        jf.AutoModel.from_pretrained(d, allow_pickle=True)
+
+
+def test_pickled_bin_without_torch_installed(tiny_hf, tmp_path, monkeypatch):
+    from safetensors.numpy import load_file
+
+    d, _ = copy_model(tiny_hf, tmp_path)
+    torch.save({k: torch.from_numpy(v) for k, v in load_file(d / "model.safetensors").items()}, d / "pytorch_model.bin")
+    (d / "model.safetensors").unlink()
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    with pytest.raises(ImportError, match="loading pytorch_model.bin needs torch"):
+        jf.AutoModel.from_pretrained(d, allow_pickle=True)
 
 
 def test_sharded_safetensors_index(tiny_hf, tmp_path):

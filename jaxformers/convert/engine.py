@@ -1,8 +1,10 @@
 """The one conversion engine: runs a model file's rule table HF -> jaxformers (load) and back (export).
 
 Load: match every checkpoint key to exactly one Rule or Ignore, check totality and shapes against the abstract
-model, report every problem in one error, then build each parameter from its source tensors, placing it directly on
-its target sharding with `jax.make_array_from_callback` (each device reads only the layers its slice needs).
+model, report every problem in one error, then build each parameter from its source tensors: for each distinct
+device block of its target sharding, read only that block from the checkpoint (through the layout ops), copy it to
+the devices holding it, and assemble the global array with `jax.make_array_from_single_device_arrays`. Only head
+tensors the model class does not build (another head's classifier, a base model's missing pooler) may go unused.
 Export: invert the ops, unstack layers, re-fuse chunked tensors, and restore HF key names.
 """
 
@@ -39,7 +41,8 @@ class Plan:
     rule_for: dict[str, Rule] = field(default_factory=dict)  # target path -> rule
     sources: dict[str, dict] = field(default_factory=dict)  # target path -> {layer index | None: source key}
     missing_head: list[str] = field(default_factory=list)  # head params absent from the checkpoint
-    unused: list[str] = field(default_factory=list)  # keys of other heads / ignored buffers
+    unused: list[str] = field(default_factory=list)  # keys of heads (or optional parts) this class does not build
+    ignored: list[str] = field(default_factory=list)  # keys an `Ignore` names (buffers, pretraining-only heads)
 
 
 def _full_target(rule: Rule, base_prefix: str | None) -> str:
@@ -55,19 +58,27 @@ def plan_load(
     hf_prefix: the HF key prefix of the base model in head checkpoints (`bert`, `model`, `transformer`).
     optional: base-model path prefixes that may be absent and are then freshly initialised (BERT's pooler,
       which masked-LM checkpoints do not have); head parameters are always optional.
+
+    Checkpoint tensors with nowhere to go: those of heads (or `optional` parts) this class does not build are
+    listed in `plan.unused` for the caller to log; any other one is a problem, named with the config flag that most
+    likely contradicts the weights (`attention_bias=false?`), since dropping it would silently change the outputs.
     """
     plan, problems = Plan(), []
     active = [r for r in rules if isinstance(r, Rule) and r.active(cfg)]
     inactive = [r for r in rules if isinstance(r, Rule) and not r.active(cfg)]
     ignores = [r for r in rules if isinstance(r, Ignore)]
+    unbuilt: dict[tuple[Rule, str | None], list[str]] = defaultdict(list)  # (rule, target path) -> keys, in order
     for key in source.keys():
         stripped = key[len(hf_prefix) + 1 :] if key.startswith(hf_prefix + ".") else key
         hits = [(r, i) for r in active for i in [r.match(key if r.head else stripped)] if i is not None]
         if not hits:
-            if any(r.match(key if r.head else stripped) is not None for r in inactive) or any(
-                i.match(stripped) or i.match(key) for i in ignores
-            ):
+            off = [r for r in inactive if r.match(key if r.head else stripped) is not None]
+            if off and not off[0].head:  # the config switched this parameter off, but the checkpoint has it
+                unbuilt[(off[0], None)].append(key)
+            elif off:  # e.g. an lm_head while the config ties embeddings: HF ties (ignores it) too
                 plan.unused.append(key)
+            elif any(i.match(stripped) or i.match(key) for i in ignores):
+                plan.ignored.append(key)
             else:
                 problems.append(f"unexpected checkpoint tensor {key!r} (no rule maps it)")
             continue
@@ -76,8 +87,12 @@ def plan_load(
             continue
         for rule, idx in hits:  # several only for a fused tensor chunked into several targets
             path = _full_target(rule, base_prefix)
-            if path not in targets:  # belongs to another head of this architecture (e.g. cls.* for BertModel)
-                plan.unused.append(key)
+            if path not in targets:
+                if rule.head or rule.target.startswith(tuple(optional)):  # another head (cls.* for BertModel)
+                    if key not in plan.unused:
+                        plan.unused.append(key)
+                else:  # a base-model tensor the model does not build: dropping it would change the outputs
+                    unbuilt[(rule, path)].append(key)
                 continue
             layer = idx if rule.stacked else None
             slot = plan.sources.setdefault(path, {})
@@ -85,6 +100,10 @@ def plan_load(
                 problems.append(f"{path} is filled twice: by {slot[layer]!r} and {key!r}")
             slot[layer] = key
             plan.rule_for[path] = rule
+    for (rule, path), keys in unbuilt.items():
+        more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+        where = "the config builds no such parameter" if path is None else f"the model has no parameter {path}"
+        problems.append(f"checkpoint has {keys[0]}{more} but {where} ({_flag_hint(rule, cfg)})")
     for path, tgt in targets.items():
         if path not in plan.sources:
             head_param = base_prefix is not None and not path.startswith(base_prefix + ".")
@@ -100,6 +119,16 @@ def plan_load(
             f"checkpoint does not match the model ({len(problems)} problem(s)):\n  " + "\n  ".join(problems)
         )
     return plan
+
+
+def _flag_hint(rule: Rule, cfg) -> str:
+    """The config.json field that most likely contradicts the weights, for a base-model tensor with no target."""
+    aliases = getattr(cfg, "flag_fields", {})  # derived flags (Llama's qkv_bias) -> the config.json field behind them
+    if rule.when is not None:
+        return f"{aliases.get(rule.when, rule.when)}=false?"
+    if rule.unless is not None:
+        return f"{aliases.get(rule.unless, rule.unless)}=true?"
+    return "a config field contradicts the weights, or the conversion table lacks a `when=` flag"
 
 
 def _check_shapes(rule: Rule, keys: dict, tgt: Target, source, cfg) -> list[str]:

@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import os
+import pickle
 import struct
 from pathlib import Path
 
@@ -180,7 +181,18 @@ class TorchBinSource:
             raise ImportError("loading pytorch_model.bin needs torch: pip install torch (or use safetensors)") from e
         self._tensors = {}
         for path in files:
-            self._tensors.update(torch.load(path, map_location="cpu", weights_only=True))
+            try:
+                loaded = torch.load(path, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError as e:
+                lines = [ln.strip() for ln in str(e).splitlines() if "WeightsUnpickler error" in ln]
+                detail = lines[0].split(" was not an allowed global")[0] if lines else type(e).__name__
+                raise ValueError(
+                    f"{path} holds pickled objects other than tensors, and torch.load(weights_only=True) refused it "
+                    f"(unpickling them could run code). Convert it to safetensors where you trust it. ({detail})"
+                ) from e
+            if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+                raise ValueError(f"{path} is not a state dict of tensors (got {type(loaded).__name__})")
+            self._tensors.update(loaded)
 
     @classmethod
     def from_dir(cls, directory: Path) -> TorchBinSource:

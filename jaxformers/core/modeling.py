@@ -65,6 +65,20 @@ def check_input_ids(input_ids, attention_mask=None, name: str = "input_ids"):
     return ids, mask.astype(jnp.int32)
 
 
+def check_index_input(value, ids_shape: tuple[int, ...], name: str):
+    """Validate an optional per-token index input (`token_type_ids`, `position_ids`) against `input_ids`' shape
+    `[B, T]`: integer dtype and shape `[B, T]` (or `[1, T]`, broadcast over the batch). Returns int32, or None."""
+    if value is None:
+        return None
+    x = value if isinstance(value, jax.Array) else np.asarray(value)
+    b, t = ids_shape
+    if x.ndim != 2 or x.shape[1] != t or x.shape[0] not in (1, b):
+        raise ValueError(f"{name} shape {tuple(x.shape)} must equal input_ids shape {(b, t)} (or {(1, t)})")
+    if not jnp.issubdtype(x.dtype, jnp.integer):
+        raise TypeError(f"{name} must hold integers, got dtype {x.dtype}")
+    return jnp.asarray(x, jnp.int32)
+
+
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
     """Position ids counted from each row's first real token: a left-padded row gets the positions it has alone,
     and a right-padded row gets `arange(T)` exactly as HF's default (padding slots included)."""

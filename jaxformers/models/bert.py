@@ -14,7 +14,7 @@ from flax import nnx
 from jaxformers.core import attention as attn
 from jaxformers.core.config import HFConfig, config_class
 from jaxformers.core.layers import Dense, Embed, LayerNorm, Stacked, activation
-from jaxformers.core.modeling import PreTrainedModel, check_input_ids, positions_from_mask
+from jaxformers.core.modeling import PreTrainedModel, check_index_input, check_input_ids, positions_from_mask
 from jaxformers.core.options import Options
 from jaxformers.core.outputs import (
     BaseModelOutput,
@@ -146,11 +146,13 @@ class BertModel(PreTrainedModel):
                  output_hidden_states: bool = False) -> BaseModelOutput:  # fmt: skip
         """Encode `input_ids [B, T]`; returns last_hidden_state `[B, T, D]` and pooler_output `[B, D]`."""
         input_ids, attention_mask = check_input_ids(input_ids, attention_mask)
+        token_type_ids = check_index_input(token_type_ids, input_ids.shape, "token_type_ids")
+        position_ids = check_index_input(position_ids, input_ids.shape, "position_ids")
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask)
-        x = constrain(self.embeddings(input_ids, jnp.asarray(token_type_ids), jnp.asarray(position_ids)), ACT_BTD)
+        x = constrain(self.embeddings(input_ids, token_type_ids, position_ids), ACT_BTD)
         emb = x
         x, hs = self.encoder(x, attention_mask.astype(bool), output_hidden_states)
         pooled = jnp.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None

@@ -16,7 +16,7 @@ from jaxformers.core.cache import KVCache, update_layer
 from jaxformers.core.config import HFConfig, config_class
 from jaxformers.core.decoder import decoder_positions, run_layers
 from jaxformers.core.layers import Dense, Embed, LayerNorm, Stacked, activation
-from jaxformers.core.modeling import PreTrainedModel, check_input_ids, last_token
+from jaxformers.core.modeling import PreTrainedModel, check_index_input, check_input_ids, last_token
 from jaxformers.core.options import Options
 from jaxformers.core.outputs import BaseModelOutput, CausalLMOutput, SequenceClassifierOutput
 from jaxformers.core.sharding import constrain
@@ -142,9 +142,10 @@ class GPT2Model(PreTrainedModel):
         else:
             cache = cache.with_tokens(attention_mask)
             key_mask, q_offset = cache.mask, cache.index
+        position_ids = check_index_input(position_ids, input_ids.shape, "position_ids")
         if position_ids is None:
             position_ids = decoder_positions(key_mask, q_offset, input_ids.shape[1])
-        x = constrain(self.wte(input_ids) + self.wpe(jnp.asarray(position_ids, jnp.int32)), ACT_BTD)
+        x = constrain(self.wte(input_ids) + self.wpe(position_ids), ACT_BTD)
         emb = x
 
         def call(layer, h, kv, window):

@@ -13,6 +13,7 @@ left-padded rows get exactly the values they have alone.
 
 from __future__ import annotations
 
+from typing import ClassVar
 
 import jax.numpy as jnp
 from flax import nnx
@@ -23,7 +24,7 @@ from jaxformers.core.cache import KVCache, update_layer
 from jaxformers.core.config import HFConfig, config_class
 from jaxformers.core.layers import Dense, Embed, RMSNorm, Stacked, activation
 from jaxformers.core.decoder import decoder_positions, run_layers
-from jaxformers.core.modeling import PreTrainedModel, check_input_ids, last_token
+from jaxformers.core.modeling import PreTrainedModel, check_index_input, check_input_ids, last_token
 from jaxformers.core.options import Options
 from jaxformers.core.outputs import BaseModelOutput, CausalLMOutput, SequenceClassifierOutput
 from jaxformers.core.sharding import constrain
@@ -57,6 +58,7 @@ class LlamaConfig(HFConfig):
     pad_token_id: int | None = None
     bos_token_id: int | list | None = None
     eos_token_id: int | list | None = None
+    flag_fields: ClassVar[dict[str, str]] = {"qkv_bias": "attention_bias"}  # derived flag -> config.json field
 
     @classmethod
     def from_hf(cls, d):
@@ -199,9 +201,9 @@ class LlamaModel(PreTrainedModel):
                 raise ValueError(f"batch {input_ids.shape[0]} does not match the cache's batch {cache.batch}")
             cache = cache.with_tokens(attention_mask)
             key_mask, q_offset = cache.mask, cache.index
+        position_ids = check_index_input(position_ids, input_ids.shape, "position_ids")
         if position_ids is None:
             position_ids = decoder_positions(key_mask, q_offset, input_ids.shape[1])
-        position_ids = jnp.asarray(position_ids, jnp.int32)
         x = self.embed_tokens(input_ids)
         if cfg.model_type == "gemma":
             x = x * jnp.asarray(cfg.hidden_size**0.5, x.dtype)
@@ -307,22 +309,23 @@ _L = "layers.*."
 _B = "layers.block."
 _HEADS = SplitAxis(-1, "num_attention_heads")
 _KV = SplitAxis(-1, "kv_heads")
+_HEADS_0 = SplitAxis(0, "num_attention_heads")
 HF_WEIGHTS = (
     Rule("embed_tokens.weight", "embed_tokens.embedding"),
     Rule(_L + "self_attn.q_proj.weight", _B + "self_attn.q_proj.kernel", T(), _HEADS),
-    Rule(_L + "self_attn.q_proj.bias", _B + "self_attn.q_proj.bias", SplitAxis(0, "num_attention_heads")),
+    Rule(_L + "self_attn.q_proj.bias", _B + "self_attn.q_proj.bias", _HEADS_0, when="qkv_bias"),
     Rule(_L + "self_attn.k_proj.weight", _B + "self_attn.k_proj.kernel", T(), _KV),
-    Rule(_L + "self_attn.k_proj.bias", _B + "self_attn.k_proj.bias", SplitAxis(0, "kv_heads")),
+    Rule(_L + "self_attn.k_proj.bias", _B + "self_attn.k_proj.bias", SplitAxis(0, "kv_heads"), when="qkv_bias"),
     Rule(_L + "self_attn.v_proj.weight", _B + "self_attn.v_proj.kernel", T(), _KV),
-    Rule(_L + "self_attn.v_proj.bias", _B + "self_attn.v_proj.bias", SplitAxis(0, "kv_heads")),
-    Rule(_L + "self_attn.o_proj.weight", _B + "self_attn.o_proj.kernel", T(), SplitAxis(0, "num_attention_heads")),
-    Rule(_L + "self_attn.o_proj.bias", _B + "self_attn.o_proj.bias"),
+    Rule(_L + "self_attn.v_proj.bias", _B + "self_attn.v_proj.bias", SplitAxis(0, "kv_heads"), when="qkv_bias"),
+    Rule(_L + "self_attn.o_proj.weight", _B + "self_attn.o_proj.kernel", T(), _HEADS_0),
+    Rule(_L + "self_attn.o_proj.bias", _B + "self_attn.o_proj.bias", when="attention_bias"),
     Rule(_L + "mlp.gate_proj.weight", _B + "mlp.gate_proj.kernel", T()),
-    Rule(_L + "mlp.gate_proj.bias", _B + "mlp.gate_proj.bias"),
+    Rule(_L + "mlp.gate_proj.bias", _B + "mlp.gate_proj.bias", when="mlp_bias"),
     Rule(_L + "mlp.up_proj.weight", _B + "mlp.up_proj.kernel", T()),
-    Rule(_L + "mlp.up_proj.bias", _B + "mlp.up_proj.bias"),
+    Rule(_L + "mlp.up_proj.bias", _B + "mlp.up_proj.bias", when="mlp_bias"),
     Rule(_L + "mlp.down_proj.weight", _B + "mlp.down_proj.kernel", T()),
-    Rule(_L + "mlp.down_proj.bias", _B + "mlp.down_proj.bias"),
+    Rule(_L + "mlp.down_proj.bias", _B + "mlp.down_proj.bias", when="mlp_bias"),
     Rule(_L + "input_layernorm.weight", _B + "input_layernorm.scale"),
     Rule(_L + "post_attention_layernorm.weight", _B + "post_attention_layernorm.scale"),
     Rule("norm.weight", "norm.scale"),
