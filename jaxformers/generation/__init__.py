@@ -30,7 +30,8 @@ log = logging.getLogger("jaxformers")
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 MIN_PROMPT_BUCKET = 16  # prompt lengths round up to powers of two from here
-NEW_TOKENS_MULTIPLE = 32  # the cache holds the prompt bucket plus max_new_tokens rounded up to this
+MIN_NEW_TOKENS_BUCKET = 32  # the cache holds the prompt bucket plus `new_tokens_bucket(max_new_tokens)`
+NEW_TOKENS_PER_OCTAVE = 4  # (a power of two) cache sizes per doubling of max_new_tokens, once past the minimum steps
 
 # Number of traces (= compilations) of each jitted core, for tests and for users who watch compile counts.
 TRACES: collections.Counter = collections.Counter()
@@ -170,7 +171,7 @@ def _generate(model, input_ids, attention_mask, generation_config, key, chunk_st
     mask_b = np.zeros((bb, tb), np.int32)
     ids_b[:rows, start:], mask_b[:rows, start:] = ids, mask
     mask_b[rows:, -1] = 1  # filler rows: one real token, so they are ordinary rows (their output is dropped)
-    cache_len = tb + -(-max_new // NEW_TOKENS_MULTIPLE) * NEW_TOKENS_MULTIPLE
+    cache_len = tb + new_tokens_bucket(max_new)
     if isinstance(key, int) or key is None:
         key = jax.random.key(0 if key is None else key)
 
@@ -181,7 +182,8 @@ def _generate(model, input_ids, attention_mask, generation_config, key, chunk_st
     run_fn = _beam_run if nb > 1 else _greedy_run
     pad_len = np.zeros((bb,), np.int32)
     pad_len[:rows] = np.argmax(mask, axis=1)  # HF's padding_lengths
-    args = (jnp.asarray(ids_b), jnp.asarray(mask_b), jnp.asarray(pad_len), start, key, max_new)
+    real = np.arange(bb) < rows  # filler rows start finished: they never keep the loop running
+    args = (jnp.asarray(ids_b), jnp.asarray(mask_b), jnp.asarray(pad_len), jnp.asarray(real), start, key, max_new)
     st = start_fn(graphdef, state, *args, **common)
     # the loop runs on the decoding layout (per-layer arrays), made once and reused while the weights are unchanged
     dgraph, dstate = decode.decode_model(graphdef, state, rows=bb * nb, unroll=unroll)
@@ -196,9 +198,19 @@ def _generate(model, input_ids, attention_mask, generation_config, key, chunk_st
             done = step
             if new.shape[1]:
                 yield new
-            if step >= max_new or bool(jnp.all(st.finished[:rows])):
+            if step >= max_new or bool(jnp.all(st.finished)):  # the loop's own test (filler rows start finished)
                 break
     yield _Final(_result(st, rows, start, tb, nb, cfg))
+
+
+def new_tokens_bucket(n: int) -> int:
+    """`max_new_tokens` rounded up to the cache's size class: multiples of 32 up to 256, then a geometric grid of
+    `NEW_TOKENS_PER_OCTAVE` evenly spaced sizes per doubling (320, 384, 448, 512, 640, ...). A sweep of lengths
+    compiles O(log n) programs, and the cache is at most 25% longer than needed (each decode step reads all of it,
+    which at long lengths and larger batches can cost as much as reading the weights: plain powers of two could
+    make such steps up to 2x slower)."""
+    step = max(MIN_NEW_TOKENS_BUCKET, 1 << max(0, (n - 1).bit_length() - NEW_TOKENS_PER_OCTAVE.bit_length()))
+    return -(-n // step) * step
 
 
 def _result(st, rows: int, start: int, tb: int, nb: int, cfg: GenerationConfig) -> np.ndarray:

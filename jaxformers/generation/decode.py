@@ -2,8 +2,9 @@
 
 Two searches share one layout: greedy/sampling (`_GreedyState`) and beam search (`_BeamState`). Each has a `start`
 function (prefill the prompt into a fresh cache: next-token logits plus the loop state) and a `run` function (the
-loop: pick tokens until `stop` tokens exist, every row has finished, or `max_new` is reached). `run` is called once by `generate` and
-once per chunk by streaming, with the same compiled program: `stop` and `max_new` are traced.
+loop: pick tokens until `stop` tokens exist, every row has finished, or `max_new` is reached). `run` is called once
+by `generate` and once per chunk by streaming, with the same compiled program: `stop` and `max_new` are traced. The
+batch bucket's filler rows start finished (beam search: not improvable), so only real rows keep the loop running.
 
 Token history lives in a `[B, L]` buffer (`History`): `start` columns of bucket padding, then HF's `input_ids`
 (the caller's left-padded prompt followed by generated tokens). Both searches reproduce transformers 5.x exactly
@@ -53,6 +54,7 @@ class _BeamState:
     beam_scores: jax.Array  # [B, nb]
     done: jax.Array  # [B, nb] bool (HF `is_sent_finished`)
     improvable: jax.Array  # [B, 1] bool (HF `is_early_stop_heuristic_unsatisfied`)
+    real: jax.Array  # [B, 1] bool: False for the batch bucket's filler rows
     all_stopped: jax.Array  # () bool: every top-k candidate of the last step hit a stopping criterion
     key: jax.Array
     step: jax.Array
@@ -154,15 +156,16 @@ def _is_eos(tokens, cfg: GenerationConfig):
 
 
 # ----------------------------------------------------------------------------------------------- greedy / sampling
-def greedy_start(graphdef, state, ids, mask, pad_len, start, key, max_new, *, cfg: GenerationConfig, cache_len, buf_len,
-                 unroll):  # fmt: skip
+def greedy_start(graphdef, state, ids, mask, pad_len, real, start, key, max_new, *, cfg: GenerationConfig, cache_len,
+                 buf_len, unroll):  # fmt: skip
     """Prefill `ids [B, T]` (left-padded, `start` columns of bucket padding first) into a fresh cache.
 
-    pad_len `[B]`: HF's `padding_lengths` (left padding of each row, not counting the bucket columns)."""
+    pad_len `[B]`: HF's `padding_lengths` (left padding of each row, not counting the bucket columns). real `[B]`
+    bool: False for the filler rows of the batch bucket, which start finished so they never keep the loop running."""
     logits, cache = _prefill(graphdef, state, ids, mask, cache_len, unroll)
     hist = _history(ids, start, pad_len, cfg, buf_len)
     zero = jnp.zeros((), jnp.int32)
-    finished = jnp.zeros((ids.shape[0],), bool)
+    finished = ~real.astype(bool)
     return _GreedyState(hist, cache, logits, finished, key, zero, jnp.asarray(max_new, jnp.int32))
 
 
@@ -200,10 +203,11 @@ def greedy_run(graphdef, state, st: _GreedyState, stop, *, cfg: GenerationConfig
 
 
 # ------------------------------------------------------------------------------------------------------- beam search
-def beam_start(graphdef, state, ids, mask, pad_len, start, key, max_new, *, cfg: GenerationConfig, cache_len, buf_len,
-               unroll):  # fmt: skip
+def beam_start(graphdef, state, ids, mask, pad_len, real, start, key, max_new, *, cfg: GenerationConfig, cache_len,
+               buf_len, unroll):  # fmt: skip
     """Prefill the B prompts once, then replicate the cache and logits to `num_beams` rows each (HF expands first;
-    the values are identical)."""
+    the values are identical). Filler rows (`real` False) start not improvable and count as done, their candidates
+    as stopped, so the batch-wide stopping tests (HF's `_beam_search_has_unfinished_sequences`) see real rows only."""
     nb = cfg.num_beams
     b = ids.shape[0]
     logits, cache = _prefill(graphdef, state, ids, mask, cache_len, unroll)
@@ -216,6 +220,7 @@ def beam_start(graphdef, state, ids, mask, pad_len, start, key, max_new, *, cfg:
     running = running.replace(ids=seqs.reshape(b * nb, buf_len))
     running_scores = jnp.zeros((b, nb), jnp.float32).at[:, 1:].set(NEG)
     zero = jnp.zeros((), jnp.int32)
+    real = real.astype(bool)[:, None]
     return _BeamState(
         running=running,
         cache=cache,
@@ -225,7 +230,8 @@ def beam_start(graphdef, state, ids, mask, pad_len, start, key, max_new, *, cfg:
         seq_lens=jnp.zeros((b, nb), jnp.int32),
         beam_scores=jnp.full((b, nb), NEG, jnp.float32),
         done=jnp.zeros((b, nb), bool),
-        improvable=jnp.ones((b, 1), bool),
+        improvable=real,
+        real=real,
         all_stopped=jnp.zeros((), bool),
         key=key,
         step=zero,
@@ -253,7 +259,7 @@ def beam_run(graphdef, state, st: _BeamState, stop, *, cfg: GenerationConfig) ->
 
     def cond(s: _BeamState):
         improvement_possible = jnp.any(s.improvable)
-        open_beam = ~(jnp.all(s.done) & (cfg.early_stopping is True))
+        open_beam = ~(jnp.all(s.done | ~s.real) & (cfg.early_stopping is True))
         return (s.step < limit) & improvement_possible & open_beam & ~s.all_stopped
 
     def body(s: _BeamState):
@@ -311,10 +317,10 @@ def beam_run(graphdef, state, st: _BeamState, stop, *, cfg: GenerationConfig) ->
         best_running = new_running_scores[:, :1] / (best_len.astype(jnp.float32) ** lp)
         worst_done = jnp.where(done, jnp.min(beam_scores, axis=1, keepdims=True), NEG)
         improvable = s.improvable & jnp.any(best_running > worst_done, axis=-1, keepdims=True)
-        all_stopped = jnp.all(stopped)
+        all_stopped = jnp.all(stopped | ~s.real)
         running = hist.replace(ids=new_running_ids.reshape(b * nb, buf_len), cur=hist.cur + 1)
         step = s.step + 1
-        open_beam = ~(jnp.all(done) & (cfg.early_stopping is True))
+        open_beam = ~(jnp.all(done | ~s.real) & (cfg.early_stopping is True))
         more = (step < limit) & jnp.any(improvable) & open_beam & ~all_stopped
         last = new_running_ids.reshape(b * nb, buf_len)[:, hist.cur]
         logits, cache = jax.lax.cond(more, lambda: _forward(model, last[:, None], cache), lambda: (s.logits, cache))

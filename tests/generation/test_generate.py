@@ -71,6 +71,26 @@ def test_greedy_matches_transformers(tiny_hf, name, hf_class):
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("extra", [{}, dict(num_beams=2, early_stopping=True)], ids=["greedy", "beam"])
+def test_all_rows_stop_early_in_a_batch_between_buckets(tiny_hf, extra):
+    """3 rows (batch bucket 4): once every real row has hit EOS the loop stops, as HF's does; the filler row must not
+    keep it running (that would add pad columns, or for beams let later hypotheses in)."""
+    directory, ref = tiny_hf("llama", "LlamaForCausalLM")
+    model = jf.AutoModelForCausalLM.from_pretrained(directory)
+    ids, mask = prompts(seed=10)
+    free = hf_generate(ref, ids, mask, max_new_tokens=12, do_sample=False, eos_token_id=None)[:, ids.shape[1] :]
+    eos = sorted({int(free[0, 1]), int(free[1, 2]), int(free[2, 3])})  # every row meets one of them by step 4
+    kw = dict(max_new_tokens=12, do_sample=False, eos_token_id=eos, pad_token_id=0) | extra
+    expected = hf_generate(ref, ids, mask, **kw)
+    assert expected.shape[1] < ids.shape[1] + 12  # all rows stopped early
+    got = jf.generate(model, ids, mask, **kw)
+    assert got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+    if not extra:
+        chunks = list(jf.stream(model, ids, mask, chunk_steps=2, **kw))
+        np.testing.assert_array_equal(np.concatenate(chunks, 1), expected[:, ids.shape[1] :])
+
+
 @pytest.mark.parametrize("unroll", [True, False])
 def test_greedy_layouts_agree_and_match_without_eos(tiny_hf, unroll):
     directory, ref = tiny_hf("llama", "LlamaForCausalLM")
@@ -109,15 +129,42 @@ BEAM_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name,hf_class", [("gpt2", "GPT2LMHeadModel"), ("llama", "LlamaForCausalLM")])
-@pytest.mark.parametrize("extra", BEAM_CASES, ids=lambda d: ",".join(f"{k}={v}" for k, v in d.items()))
+# every case on gpt2 and llama; every other architecture on one case (each case is a compilation: ~8 s on a CPU)
+BEAM_ARCH_CASES = [(n, c, e) for n, c in DECODERS[:2] for e in BEAM_CASES] + [
+    (n, c, BEAM_CASES[1]) for n, c in DECODERS[2:]
+]
+
+
+@pytest.mark.parametrize(
+    "name,hf_class,extra",
+    BEAM_ARCH_CASES,
+    ids=[f"{n}-" + ",".join(f"{k}={v}" for k, v in e.items()) for n, _, e in BEAM_ARCH_CASES],
+)
 def test_beam_search_matches_transformers(tiny_hf, name, hf_class, extra):
-    directory, ref = tiny_hf(name, hf_class)
+    directory, _ = tiny_hf(name, hf_class)
+    ref = fresh_reference(directory, hf_class)
     model = jf.AutoModelForCausalLM.from_pretrained(directory)
     ids, mask = prompts(seed=3)
     eos = stopping_ids(ref, ids, mask, 8)
     kw = dict(max_new_tokens=8, do_sample=False, eos_token_id=eos, pad_token_id=0) | extra
     np.testing.assert_array_equal(jf.generate(model, ids, mask, **kw), hf_generate(ref, ids, mask, **kw))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [dict(max_length=12), dict(max_length=11, num_beams=2), dict(max_length=30, max_new_tokens=4)],
+    ids=["greedy", "beam", "max_new_tokens-wins"],
+)
+def test_max_length_matches_transformers(tiny_hf, extra):
+    """`max_length` counts the prompt's columns (padding included), as HF's does; `max_new_tokens` takes precedence."""
+    directory, ref = tiny_hf("llama", "LlamaForCausalLM")
+    model = jf.AutoModelForCausalLM.from_pretrained(directory)
+    ids, mask = prompts(seed=11)
+    kw = dict(do_sample=False, eos_token_id=None, pad_token_id=0) | extra
+    expected = hf_generate(ref, ids, mask, **kw)
+    assert expected.shape[1] == (ids.shape[1] + extra["max_new_tokens"] if "max_new_tokens" in extra else
+                                 extra["max_length"])  # fmt: skip
+    np.testing.assert_array_equal(jf.generate(model, ids, mask, **kw), expected)
 
 
 def test_sampling_properties(tiny_hf):
@@ -193,6 +240,15 @@ def test_prompt_buckets_bound_compilations(tiny_hf):
     traced = {k: TRACES[k] - before[k] for k in ("greedy_start", "greedy_run")}
     # lengths <= 16 share one prompt bucket, max_new_tokens <= 32 one cache size; batch 1 and 2 are two buckets
     assert traced == {"greedy_start": 2, "greedy_run": 2}, traced
+    # long generations: past 256 new tokens the cache grows geometrically (320, 384, 448, 512, 640, ...)
+    before = TRACES.copy()
+    ids = rng.randint(3, 97, (1, 5)).astype(np.int32)
+    for n in (290, 320, 330, 384, 300):
+        assert jf.generate(model, ids, max_new_tokens=n, eos_token_id=None).shape == (1, 5 + n)
+    traced = {k: TRACES[k] - before[k] for k in ("greedy_start", "greedy_run")}
+    assert traced == {"greedy_start": 2, "greedy_run": 2}, traced
+    assert [jf.generation.new_tokens_bucket(n) for n in (1, 32, 33, 256, 257, 384, 385, 1000, 1025)] == [
+        32, 32, 64, 256, 320, 384, 448, 1024, 1280]  # fmt: skip
 
 
 def test_per_layer_decode_equals_full_forward(tiny_hf):
@@ -254,6 +310,17 @@ def test_generation_config_json_is_used(tiny_hf, tmp_path):
          "left-padded"),  # fmt: skip
         (lambda m, ids: list(jf.stream(m, ids, max_new_tokens=3, num_beams=2)), ValueError, "beam"),
         (lambda m, ids: jf.generate(m, ids + 200, max_new_tokens=3), ValueError, "vocabulary"),
+        # contradictory options, through generate / stream themselves (not only the config resolver)
+        (lambda m, ids: jf.generate(m, ids, max_new_tokens=3, num_beams=2, do_sample=True), ValueError,
+         "Beam sampling"),  # fmt: skip
+        (lambda m, ids: list(jf.stream(m, ids, max_new_tokens=3, num_beams=2, do_sample=True)), ValueError,
+         "Beam sampling"),  # fmt: skip
+        (lambda m, ids: jf.generate(m, ids, max_new_tokens=3, num_beams=2, streamer=print), ValueError, "beam"),
+        (lambda m, ids: jf.generate(m, ids, max_length=3), ValueError, "max_length"),
+        (lambda m, ids: jf.generate(m, ids, max_new_tokens=3, num_beams=0), ValueError, "num_beams"),
+        (lambda m, ids: jf.generate(m, ids, max_new_tokens=3, early_stopping="sometimes"), ValueError,
+         "early_stopping"),  # fmt: skip
+        (lambda m, ids: jf.generate(m, ids, max_new_tokens=3, beams=2), ValueError, "Unknown generation option"),
     ],
 )
 def test_bad_input_is_a_clear_error(tiny_hf, call, error, match):
