@@ -1,7 +1,7 @@
 """Shared test setup: float32 matmuls at full precision, and tiny random HF reference models built on the fly.
 
-`tiny_hf(name)` builds a tiny random `transformers` model (odd sizes so transposes cannot hide), saves it with
-`save_pretrained` into a session temp dir once, and returns `(directory, torch_model)`.
+`tiny_hf(name, hf_class, **config_overrides)` builds a tiny random `transformers` model (odd sizes so transposes
+cannot hide), saves it with `save_pretrained` into a session temp dir once, and returns `(directory, torch_model)`.
 """
 
 from __future__ import annotations
@@ -68,12 +68,12 @@ def build_tiny(name: str, hf_class: str, directory, seed: int = 0, **overrides):
 def tiny_hf(tmp_path_factory):
     cache = {}
 
-    def get(name: str, hf_class: str):
-        key = (name, hf_class)
+    def get(name: str, hf_class: str, **overrides):
+        key = (name, hf_class, tuple(sorted(overrides.items())))
         if key not in cache:
             directory = tmp_path_factory.mktemp(f"{name}-{hf_class}")
             extra = {"num_labels": 2} if "QuestionAnswering" in hf_class else {}
-            cache[key] = (directory, build_tiny(name, hf_class, directory, **extra))
+            cache[key] = (directory, build_tiny(name, hf_class, directory, **extra, **overrides))
         return cache[key]
 
     return get

@@ -122,21 +122,23 @@ def stream(
     if tokenizer is None:
         yield from (item for item in gen if not isinstance(item, _Final))
         return
-    b = np.asarray(input_ids).shape[0]
-    tokens: list[list[int]] = [[] for _ in range(b)]
-    printed = [0] * b
+    # one row per generated sequence: with sampling and num_return_sequences > 1, that is more than the prompts
+    tokens: list[list[int]] = []
+    printed: list[int] = []
     for item in gen:
-        if isinstance(item, _Final):
-            item = np.zeros((b, 0), np.int32)
+        final = isinstance(item, _Final)
+        if not final and not tokens:
+            tokens, printed = [[] for _ in range(item.shape[0])], [0] * item.shape[0]
         deltas = []
-        for i in range(b):
-            tokens[i].extend(int(t) for t in item[i])
-            text = tokenizer.decode(tokens[i], skip_special_tokens=skip_special_tokens)
-            stable = len(text) if item.shape[1] == 0 else _stable_prefix(text)
+        for i, row in enumerate(tokens):
+            if not final:
+                row.extend(int(t) for t in item[i])
+            text = tokenizer.decode(row, skip_special_tokens=skip_special_tokens)
+            stable = len(text) if final else _stable_prefix(text)
             deltas.append(text[printed[i] : stable])
             printed[i] = max(printed[i], stable)
         if any(deltas):
-            yield deltas[0] if b == 1 else deltas
+            yield deltas[0] if len(deltas) == 1 else deltas
 
 
 def _stable_prefix(text: str) -> int:

@@ -193,7 +193,9 @@ def greedy_run(graphdef, state, st: _GreedyState, stop, *, cfg: GenerationConfig
         hist = _write(s.hist, tokens)
         finished = s.finished | _is_eos(tokens, cfg)
         step = s.step + 1
-        more = (step < limit) & ~jnp.all(finished)
+        # the next token's logits are needed whenever generation goes on, also past this call's `stop` (a streaming
+        # chunk's end): the next call starts from them
+        more = (step < s.max_new) & ~jnp.all(finished)
         logits, cache = jax.lax.cond(
             more, lambda: _forward(model, tokens[:, None], s.cache), lambda: (s.logits, s.cache)
         )
@@ -321,7 +323,7 @@ def beam_run(graphdef, state, st: _BeamState, stop, *, cfg: GenerationConfig) ->
         running = hist.replace(ids=new_running_ids.reshape(b * nb, buf_len), cur=hist.cur + 1)
         step = s.step + 1
         open_beam = ~(jnp.all(done | ~s.real) & (cfg.early_stopping is True))
-        more = (step < limit) & jnp.any(improvable) & open_beam & ~all_stopped
+        more = (step < s.max_new) & jnp.any(improvable) & open_beam & ~all_stopped  # as in greedy_run
         last = new_running_ids.reshape(b * nb, buf_len)[:, hist.cur]
         logits, cache = jax.lax.cond(more, lambda: _forward(model, last[:, None], cache), lambda: (s.logits, cache))
         return s.replace(

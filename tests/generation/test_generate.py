@@ -25,6 +25,18 @@ DECODERS = [
 ]
 
 
+def lively(name: str) -> dict:
+    """Config overrides that make a tiny random model's greedy continuation vary from token to token. With the
+    default initializer_range (0.02) the random biases and norms dominate and several of these models repeat one token
+    whatever the prompt, which would let a wrong decode step (stale logits, a misplaced cache write) go unseen."""
+    return {"initializer_range": 1.0 if name == "gemma" else 0.3}
+
+
+def assert_varied(new_tokens: np.ndarray):
+    """The reference's continuation really depends on the step (guards the test against degenerate models)."""
+    assert len(np.unique(new_tokens)) >= 10, new_tokens
+
+
 def prompts(seed: int = 0, lengths=(7, 4, 2), t: int = 7):
     """Left-padded prompt ids in [3, 97) (never pad 0 / bos 1 / eos 2)."""
     rng = np.random.RandomState(seed)
@@ -60,10 +72,11 @@ def fresh_reference(directory, hf_class):
 
 @pytest.mark.parametrize("name,hf_class", DECODERS)
 def test_greedy_matches_transformers(tiny_hf, name, hf_class):
-    directory, _ = tiny_hf(name, hf_class)
+    directory, _ = tiny_hf(name, hf_class, **lively(name))
     ref = fresh_reference(directory, hf_class)
     model = jf.AutoModelForCausalLM.from_pretrained(directory)
     ids, mask = prompts()
+    assert_varied(hf_generate(ref, ids, mask, max_new_tokens=10, do_sample=False, eos_token_id=None)[:, 7:])
     eos = stopping_ids(ref, ids, mask, 10)
     kw = dict(max_new_tokens=10, do_sample=False, eos_token_id=eos, pad_token_id=0)
     expected = hf_generate(ref, ids, mask, **kw)
@@ -141,10 +154,11 @@ BEAM_ARCH_CASES = [(n, c, e) for n, c in DECODERS[:2] for e in BEAM_CASES] + [
     ids=[f"{n}-" + ",".join(f"{k}={v}" for k, v in e.items()) for n, _, e in BEAM_ARCH_CASES],
 )
 def test_beam_search_matches_transformers(tiny_hf, name, hf_class, extra):
-    directory, _ = tiny_hf(name, hf_class)
+    directory, _ = tiny_hf(name, hf_class, **lively(name))
     ref = fresh_reference(directory, hf_class)
     model = jf.AutoModelForCausalLM.from_pretrained(directory)
     ids, mask = prompts(seed=3)
+    assert_varied(hf_generate(ref, ids, mask, max_new_tokens=8, do_sample=False, eos_token_id=None)[:, 7:])
     eos = stopping_ids(ref, ids, mask, 8)
     kw = dict(max_new_tokens=8, do_sample=False, eos_token_id=eos, pad_token_id=0) | extra
     np.testing.assert_array_equal(jf.generate(model, ids, mask, **kw), hf_generate(ref, ids, mask, **kw))
@@ -205,12 +219,16 @@ def test_streaming_yields_what_generate_returns(tiny_hf):
     directory, _ = tiny_hf("gpt2", "GPT2LMHeadModel")
     model = jf.AutoModelForCausalLM.from_pretrained(directory)
     ids, mask = prompts(seed=5)
-    full = jf.generate(model, ids, mask, max_new_tokens=11, eos_token_id=None)
-    chunks = list(jf.stream(model, ids, mask, max_new_tokens=11, eos_token_id=None, chunk_steps=4))
+    # sampling, so that every token depends on the logits it was drawn from (a tiny random model's greedy output can
+    # be one token repeated, which would hide stale logits at a chunk boundary)
+    opts = dict(max_new_tokens=11, eos_token_id=None, do_sample=True, key=3)
+    full = jf.generate(model, ids, mask, **opts)
+    assert len(np.unique(full[:, ids.shape[1] :])) > 3
+    chunks = list(jf.stream(model, ids, mask, chunk_steps=4, **opts))
     assert [c.shape[1] for c in chunks] == [4, 4, 3]
     np.testing.assert_array_equal(np.concatenate(chunks, 1), full[:, ids.shape[1] :])
     seen = []
-    again = jf.generate(model, ids, mask, max_new_tokens=11, eos_token_id=None, streamer=seen.append, chunk_steps=5)
+    again = jf.generate(model, ids, mask, streamer=seen.append, chunk_steps=5, **opts)
     np.testing.assert_array_equal(again, full)
     assert [c.shape[1] for c in seen] == [5, 5, 1]
 
@@ -226,6 +244,23 @@ def test_text_streaming_concatenates_to_the_decoded_text(tiny_hf, tmp_path):
     pieces = list(jf.stream(model, ids, tokenizer=tok, max_new_tokens=12, eos_token_id=None, chunk_steps=3))
     assert all(isinstance(p, str) for p in pieces)
     assert "".join(pieces) == tok.decode(full[0, 5:].tolist(), skip_special_tokens=True)
+
+
+def test_text_streaming_covers_every_returned_sequence(tiny_hf, tmp_path):
+    """Sampling with num_return_sequences: one text stream per returned sequence, not per prompt."""
+    from tokenizer_fixtures import gpt2_dir
+
+    tok = jf.AutoTokenizer.from_pretrained(gpt2_dir(tmp_path))
+    directory, _ = tiny_hf("gpt2", "GPT2LMHeadModel")
+    model = jf.AutoModelForCausalLM.from_pretrained(directory)
+    ids, mask = prompts(seed=7, lengths=(5, 3), t=5)
+    opts = dict(max_new_tokens=9, eos_token_id=None, do_sample=True, num_return_sequences=3, key=4)
+    full = jf.generate(model, ids, mask, **opts)
+    assert full.shape[0] == 6
+    pieces = list(jf.stream(model, ids, mask, tokenizer=tok, chunk_steps=4, **opts))
+    assert all(isinstance(p, list) and len(p) == 6 for p in pieces)
+    for row in range(6):
+        assert "".join(p[row] for p in pieces) == tok.decode(full[row, 5:].tolist(), skip_special_tokens=True)
 
 
 def test_prompt_buckets_bound_compilations(tiny_hf):
