@@ -14,12 +14,15 @@ fails prints OOM (out of memory) or n/a (unsupported; the error goes to stderr) 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]  # the checkout this script belongs to
 IMPLS = ("pallas", "xla", "cudnn")
 PASSES = ("fwd", "fwd+bwd")
 
@@ -29,11 +32,40 @@ def flops(b: int, n: int, t: int, s: int, h: int, causal: bool, mode: str) -> fl
     return fwd if mode == "fwd" else 3.5 * fwd
 
 
+def import_kernels():
+    """`jaxformers.kernels` of this checkout, installed or not.
+
+    The package lives in `kernels/` and only an install (`pip install -e .`, setuptools' package-dir mapping) makes
+    it `jaxformers.kernels`. From a plain or copied checkout this puts the checkout first on `sys.path` and maps
+    `jaxformers.kernels` to its `kernels/` directly, so neither a missing install nor an editable install of another
+    copy (whose finder would supply that copy's kernels) decides which kernels run.
+    """
+    name, directory = "jaxformers.kernels", ROOT / "kernels"
+    if not (directory / "__init__.py").is_file():  # not run from a checkout: the installed package
+        from jaxformers import kernels
+
+        return kernels
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import jaxformers
+
+    module = sys.modules.get(name)
+    if module is None or Path(module.__file__).resolve().parent != directory:
+        spec = importlib.util.spec_from_file_location(
+            name, directory / "__init__.py", submodule_search_locations=[str(directory)]
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        jaxformers.kernels = module
+    return module
+
+
 def attention_fn(impl: str, causal: bool, backend: str, interpret: bool):
     import jax
 
     if impl == "pallas":
-        from jaxformers import kernels
+        kernels = import_kernels()
 
         return lambda q, k, v: kernels.flash_attention(q, k, v, causal=causal, backend=backend, interpret=interpret)
     return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=impl)

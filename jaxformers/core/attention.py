@@ -14,7 +14,8 @@ Implementations (`impl`):
             ids / sliding window / soft-cap with no query offset, and the split-K decode kernel for up to
             `DECODE_MAX_T` new queries at a cache offset (causal, key padding, sliding window). On CPU the TPU
             kernels run in the TPU interpreter (`pltpu.InterpretParams()`): slow, for tests. Under a mesh the kernels
-            run per device in `jax.shard_map` over the batch and head axes of the active sharding rules.
+            run per device in `jax.shard_map` over the batch and head axes of the active sharding rules (on CPU the
+            GPU kernels, interpreted: see `CPU_SHARDED_PALLAS_BACKEND`).
   "auto"    the first supported implementation in the `AUTO_TABLE` row for this platform, dtype and length.
 A requested implementation that does not support a call (see `attention_plan`) falls back to "xla", so models can
 pass one `attn_impl` for every attention call. Query rows with no visible key (left padding) are finite under every
@@ -23,6 +24,7 @@ implementation but their values differ between them; they are never meant to be 
 
 from __future__ import annotations
 
+import functools
 from typing import Literal, NamedTuple
 
 import jax
@@ -61,6 +63,10 @@ AUTO_TABLE: tuple[tuple[str, str, str, int, tuple[str, ...]], ...] = (
 
 # On CPU, impl="pallas" runs the kernels of this backend in interpret mode ("tpu": TPU semantics via pltpu).
 CPU_PALLAS_BACKEND = "tpu"
+# ... and this one when they run per device in `shard_map` over several devices: the TPU interpreter simulates the
+# devices with blocking host callbacks and a shared barrier, which can starve XLA:CPU's thread pool (a deadlock seen
+# on a 2-core machine with 8 simulated devices); the GPU interpreter lowers to plain HLO.
+CPU_SHARDED_PALLAS_BACKEND = "gpu"
 
 
 class Plan(NamedTuple):
@@ -257,10 +263,10 @@ def _unsupported(impl: str, platform: str, q, k, **call) -> str | None:
     return None
 
 
-def _kernel_backend():
+def _kernel_backend(sharded: bool = False):
     platform = jax.default_backend()
     if platform == "cpu":
-        return CPU_PALLAS_BACKEND, True
+        return (CPU_SHARDED_PALLAS_BACKEND if sharded else CPU_PALLAS_BACKEND), True
     return ("tpu" if platform == "tpu" else "gpu"), False
 
 
@@ -268,7 +274,6 @@ def _pallas_flash(q, k, v, *, causal, key_mask, segment_ids, sliding_window, sca
     """Flash kernel, key padding folded into kv segment ids (padding slots get an id no query has)."""
     from jaxformers import kernels
 
-    backend, interpret = _kernel_backend()
     ids = None
     if segment_ids is not None:
         ids = segment_ids if isinstance(segment_ids, tuple) else (segment_ids, segment_ids)
@@ -279,7 +284,7 @@ def _pallas_flash(q, k, v, *, causal, key_mask, segment_ids, sliding_window, sca
 
     opts = {"causal": causal, "sliding_window": sliding_window, "scale": scale, "softcap": softcap}
 
-    def run(q, k, v, *ids):
+    def run(q, k, v, *ids, backend, interpret):
         return kernels.flash_attention(q, k, v, segment_ids=ids or None, backend=backend, interpret=interpret, **opts)
 
     names = [_Q, _KV, _KV] + [("act_batch", None)] * (0 if ids is None else 2)
@@ -290,14 +295,14 @@ def _pallas_decode(q, k, v, *, q_offset, key_mask, sliding_window, scale, softca
     """Decode kernel: the T queries sit at slots `q_offset + i`, i.e. the last T of `q_offset + T` valid slots."""
     from jaxformers import kernels
 
-    backend, interpret = _kernel_backend()
     lengths = jnp.broadcast_to(jnp.asarray(q_offset, jnp.int32) + q.shape[1], (q.shape[0],))
 
     opts = {"sliding_window": sliding_window, "scale": scale, "softcap": softcap}
-    opts |= {"backend": backend, "interpret": interpret}
 
-    def run(q, k, v, lengths, *km):
-        return kernels.decode_attention(q, k, v, lengths, key_mask=km[0] if km else None, **opts)
+    def run(q, k, v, lengths, *km, backend, interpret):
+        return kernels.decode_attention(
+            q, k, v, lengths, key_mask=km[0] if km else None, backend=backend, interpret=interpret, **opts
+        )
 
     km = [] if key_mask is None else [key_mask]
     names = [_Q, _KV, _KV, ("act_batch",)] + [("act_batch", None)] * len(km)
@@ -308,12 +313,15 @@ _Q = ("act_batch", None, "act_heads", None)
 _KV = ("act_batch", None, "act_kv_heads", None)
 
 
-def _per_device(fn, args, names):
-    """`fn(*args)` per device in `jax.shard_map` over the batch and head axes of the active mesh and rules.
+def _per_device(kernel, args, names):
+    """`kernel(*args, backend=..., interpret=...)` per device in `jax.shard_map` over the batch and head axes of the
+    active mesh and rules.
 
     Heads are split only when query and kv heads split over the same axes (so every device keeps whole GQA
-    groups); sequence axes are never split. Without a mesh (or with nothing to split) `fn` runs as is.
+    groups); sequence axes are never split. Without a mesh (or with nothing to split) the kernel runs as is.
     """
+    backend, interpret = _kernel_backend()
+    fn = functools.partial(kernel, backend=backend, interpret=interpret)
     try:
         from jaxformers.core.sharding import logical_spec
     except ImportError:
@@ -327,6 +335,8 @@ def _per_device(fn, args, names):
         specs = [P(*(None if n in heads else p for n, p in zip(name, spec))) for name, spec in zip(names, specs)]
     if all(p is None for spec in specs for p in spec):
         return fn(*args)
+    backend, interpret = _kernel_backend(sharded=True)
+    fn = functools.partial(kernel, backend=backend, interpret=interpret)
     return jax.shard_map(fn, mesh=mesh, in_specs=tuple(specs), out_specs=specs[0], check_vma=False)(*args)
 
 

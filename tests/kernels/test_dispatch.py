@@ -125,10 +125,10 @@ def _left_padded_key_mask(b, s, pads):
     return jnp.asarray(np.arange(s)[None, :] >= np.asarray(pads)[:, None])
 
 
-def _pallas_vs_xla(q, k, v, live_rows, *, grads: bool, **call):
-    """impl="pallas" runs the flash kernel and agrees with impl="xla": outputs on live rows, optionally q/k/v
-    gradients of a cotangent that is zero on dead rows."""
-    assert attention.attention_plan(q, k, v, impl="pallas", **call).impl == "pallas"
+def _pallas_vs_xla(q, k, v, live_rows, *, grads: bool, impl: str = "pallas", **call):
+    """`impl` ("pallas", or "auto" where it picks Pallas) runs the flash kernel and agrees with impl="xla" within the
+    tolerance of q's dtype: outputs on live rows, optionally q/k/v gradients of a cotangent that is zero on dead rows."""
+    assert attention.attention_plan(q, k, v, impl=impl, **call).impl == "pallas"
     ct = jnp.where(jnp.asarray(live_rows)[:, :, None, None], normal(9, q.shape, q.dtype), 0.0)
 
     def run(impl):
@@ -140,7 +140,7 @@ def _pallas_vs_xla(q, k, v, live_rows, *, grads: bool, **call):
         out, vjp = jax.vjp(f, q, k, v)
         return out, vjp(ct)
 
-    (out, dqkv), (ref, ref_dqkv) = jax.jit(lambda: run("pallas"))(), jax.jit(lambda: run("xla"))()
+    (out, dqkv), (ref, ref_dqkv) = jax.jit(lambda: run(impl))(), jax.jit(lambda: run("xla"))()
     assert_close(out, ref, q.dtype, "output", rows=live_rows)
     for name, g, rg in zip("qkv", dqkv, ref_dqkv):
         assert_close(g, rg, q.dtype, f"d{name}")
@@ -168,6 +168,27 @@ def test_pallas_equals_xla_segment_id_pair_with_key_padding_and_softcap():
     key_mask = _left_padded_key_mask(b, s, (4, 0))
     pair = (jnp.asarray(q_ids), jnp.asarray(kv_ids))
     _pallas_vs_xla(q, k, v, np.ones((b, t), bool), grads=False, segment_ids=pair, key_mask=key_mask, softcap=2.0)
+
+
+@pytest.mark.parametrize("impl", ["pallas", "auto"])
+def test_bf16_dispatch_stays_within_the_bf16_tolerance(monkeypatch, impl):
+    """bfloat16 through the dispatcher: "pallas", and "auto" under a table row preferring Pallas (the GPU/TPU rows do
+    at long lengths), agree with "xla" within 2e-2 (outputs and q/k/v gradients, GQA, causal with key padding)."""
+    if impl == "auto":
+        monkeypatch.setattr(attention, "AUTO_TABLE", (("cpu", "prefill", "16bit", 0, ("pallas", "xla")),))
+    b, t, n, kh, h = 2, 29, 6, 2, 16
+    q, k, v = normal(20, (b, t, n, h), BF16), normal(21, (b, t, kh, h), BF16), normal(22, (b, t, kh, h), BF16)
+    key_mask = _left_padded_key_mask(b, t, (0, 5))
+    live = keep_mask(b, t, t, causal=True) & np.asarray(key_mask)[:, None, :]
+    _pallas_vs_xla(q, k, v, live.any(-1), grads=True, impl=impl, causal=True, key_mask=key_mask)
+
+
+def test_bf16_auto_on_cpu_is_xla():
+    """The measured CPU rows choose XLA: "auto" is then bit-identical to "xla" in bfloat16."""
+    q, k, v = normal(23, (1, 17, 4, 16), BF16), normal(24, (1, 17, 2, 16), BF16), normal(25, (1, 17, 2, 16), BF16)
+    assert attention.attention_plan(q, k, v, causal=True).impl == "xla"
+    out, ref = (attention.dot_product_attention(q, k, v, causal=True, impl=i) for i in ("auto", "xla"))
+    assert out.dtype == BF16 and np.array_equal(np.asarray(out, np.float32), np.asarray(ref, np.float32))
 
 
 @pytest.mark.parametrize("t", [1, 3])

@@ -80,43 +80,84 @@ def _zeroed(llama_dir):
     return model
 
 
-def _read_lines(proc, lines: list[str]) -> None:
-    for line in proc.stdout:
-        lines.append(line.strip())
+# Where a stage-targeted kill leaves the target: the previous save's values, or the interrupted save's (swapped in).
+# ("marker", a copy complete but for its marker, is left out for time: "swap" leaves a complete copy unswapped.)
+STAGES = {"swap": 0, "exchanged": 1, "cleanup": 1}
+
+
+def _save_until_killed(source, target, env, *, stage=None, fraction=None) -> tuple[list[str], float]:
+    """Run save_worker.py and SIGKILL it once it has completed a save: stopped at `stage` of the next save, or (with
+    `fraction`) `fraction` of a save's duration into the third save, the duration measured on the second one.
+    Returns every line it printed and the kill time (`time.monotonic()`, the clock the worker prints)."""
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "save_worker.py"), str(source), str(target), *([stage] if stage else [])],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=target.parent.parent,
+    )  # fmt: skip
+    lines: list[str] = []
+    seen = threading.Condition()
+
+    def read():
+        for line in proc.stdout:
+            with seen:
+                lines.append(line.strip())
+                seen.notify_all()
+
+    def ready_to_kill():
+        words = [ln.split() for ln in lines]
+        if stage is None:
+            return ["saving", "3"] in [w[:2] for w in words]
+        heads = [w[0] for w in words]  # that stage reached after a completed save (the worker waits there)
+        return "saved" in heads and ["stage", stage] in words[heads.index("saved") :]
+
+    watchdog = threading.Timer(120, proc.kill)
+    watchdog.start()
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        with seen:
+            assert seen.wait_for(lambda: ready_to_kill() or proc.poll() is not None, timeout=100), lines
+        assert proc.poll() is None, (lines, proc.stderr.read())
+        if fraction is not None:
+            t = {w[0] + w[1]: float(w[2]) for w in (ln.split() for ln in lines) if w[0] in ("saving", "saved")}
+            time.sleep(max(0.0, t["saving3"] + fraction * (t["saved2"] - t["saving2"]) - time.monotonic()))
+        killed_at = time.monotonic()
+        proc.kill()
+        proc.wait()
+        reader.join()
+    finally:
+        watchdog.cancel()
+        proc.kill()
+    return lines, killed_at
 
 
 def test_killed_saves_leave_the_last_complete_checkpoint(llama_dir, tmp_path):
+    """SIGKILL a saving process, each time after at least one completed save: stopped at each late stage of the next
+    save (swap, after the atomic exchange, cleanup of the old copy), and at random points spread over a save's
+    measured duration. The target always restores the last complete values and nothing partial is listed."""
     source, target = tmp_path / "source", tmp_path / "ckpts" / "latest"
     model = _zeroed(llama_dir)
     jf.save_checkpoint(model, source)
     jf.save_checkpoint(model, target)
     env = {**os.environ, "PYTHONPATH": str(REPO), "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    rng, value = random.Random(0), 0
-    for attempt in range(5):
-        proc = subprocess.Popen(
-            [sys.executable, str(HERE / "save_worker.py"), str(source), str(target)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
-        )  # fmt: skip
-        watchdog = threading.Timer(120, proc.kill)
-        watchdog.start()
-        lines: list[str] = []
-        try:
-            assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-            reader = threading.Thread(target=_read_lines, args=(proc, lines))
-            reader.start()
-            time.sleep(rng.uniform(0.3, 2.0))  # lands anywhere in a save: Orbax writing, marker, swap, cleanup
-            proc.kill()
-            proc.wait()
-            reader.join()
-        finally:
-            watchdog.cancel()
-        saved_steps = [int(line.split()[1]) for line in lines if line.startswith("saved")]
-        allowed = {saved_steps[-1], saved_steps[-1] + 1} if saved_steps else {value, 1}
+    rng = random.Random(0)
+    stages = [s for s in STAGES if s != "exchanged" or sys.platform == "linux"]  # renameat2 exchange: Linux only
+    attempts = [{"stage": s} for s in stages] + [{"fraction": rng.uniform(0, 0.5)}, {"fraction": rng.uniform(0.5, 1)}]
+    for attempt in attempts:
+        lines, killed_at = _save_until_killed(source, target, env, **attempt)
+        words = [ln.split() for ln in lines]
+        starts = {int(w[1]): float(w[2]) for w in words if w[0] == "saving"}
+        ends = {int(w[1]): float(w[2]) for w in words if w[0] == "saved"}
+        last = max(ends)  # the last completed save: at least one, before the kill
+        assert last >= 1 and last + 1 in starts and killed_at > starts[last + 1], (attempt, lines)
+        if "stage" in attempt:
+            assert lines[-1] == f"stage {attempt['stage']}", (attempt, lines)  # killed inside that stage
+            allowed = {last + STAGES[attempt["stage"]]}
+        else:
+            allowed = {last, last + 1}
         assert orbax_io.list_checkpoints(target.parent) == [target]
         assert [p.name for p in target.parent.iterdir() if not p.name.startswith(".")] == ["latest"]
         values = {float(v) for arr in _values(jf.load(target)).values() for v in np.unique(arr)}
-        assert len(values) == 1 and values <= allowed, (attempt, values, saved_steps)
-        value = values.pop()
+        assert len(values) == 1 and values <= allowed, (attempt, values, lines)
     jf.save_checkpoint(model, target)  # the next save clears what killed saves left behind
     assert sorted(p.name for p in target.parent.iterdir()) == ["latest"]
 

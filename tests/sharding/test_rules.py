@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 
 import jax
+import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import AxisType
@@ -133,6 +135,56 @@ def test_preflight_batch_and_mesh_errors():
     assert any("not AxisType.Auto" in e for e in check_mesh(explicit).errors)
     with pytest.raises(shd.ShardingError, match="not AxisType.Auto"), jf.use_mesh(explicit, jf.FSDP):
         pass
+
+
+@pytest.mark.parametrize(
+    "field,name,size,mesh,rules,axis",
+    [
+        ("hidden_size", "embed", 60, {"fsdp": 8}, jf.FSDP, "fsdp"),
+        ("intermediate_size", "mlp", 90, {"fsdp": 2, "tp": 4}, jf.FSDP_TP, "tp"),
+        ("num_attention_heads", "heads", 12, {"tp": 8}, jf.TP, "tp"),
+    ],
+    ids=["hidden-fsdp", "mlp-tp", "heads-tp"],
+)
+def test_preflight_names_the_size_and_the_axis_to_change(field, name, size, mesh, rules, axis):
+    """A hidden size, MLP width or head count that its mesh axis does not divide: an error naming the size, the axis
+    and the axis sizes that would work, raised before anything is read or compiled."""
+    mesh = jf.make_mesh(mesh)
+    with pytest.raises(shd.ShardingError) as err:
+        preflight(_abstract_llama(**{field: size}), mesh, rules)
+    msg = str(err.value)
+    assert f"{name} = {size} is not divisible by mesh axis '{axis}' (size {mesh.shape[axis]})" in msg, msg
+    assert f"use {axis} in {[d for d in range(1, size + 1) if size % d == 0]}" in msg, msg
+    assert f"or rules that do not map '{name}' to '{axis}'" in msg, msg
+
+
+class _FakeDevice:
+    def __init__(self, kind: str, process_index: int = 0):
+        self.platform, self.device_kind, self.process_index = "tpu", kind, process_index
+
+    def __repr__(self):
+        return f"FakeDevice({self.device_kind})"
+
+
+def test_mesh_with_mixed_device_kinds_is_rejected():
+    """`check_mesh` reads only the mesh's axis names, axis types and devices, so a stand-in mesh holds fake devices."""
+    devices = np.array([_FakeDevice("TPU v5e"), _FakeDevice("TPU v4")])
+    mesh = types.SimpleNamespace(axis_names=("fsdp",), axis_types=(AxisType.Auto,), devices=devices)
+    errors = check_mesh(mesh).errors
+    assert any("mixes device kinds ['tpu:TPU v4', 'tpu:TPU v5e']" in e and "device_kind == KIND" in e for e in errors)
+    assert any("devices this runtime does not know" in e for e in errors)  # fakes are not jax.devices()
+    with pytest.raises(shd.ShardingError, match="mixes device kinds"), jf.use_mesh(mesh, jf.FSDP):
+        pass
+
+
+def test_mesh_missing_a_process_is_rejected(monkeypatch):
+    """With two processes, a mesh built from one process's devices (jax.local_devices()) leaves process 1 out."""
+    mesh = jf.make_mesh({"fsdp": 8})
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    errors = check_mesh(mesh).errors
+    assert any("processes [1] have no device in the mesh" in e and "not jax.local_devices()" in e for e in errors)
+    with pytest.raises(shd.ShardingError, match=r"processes \[1\] have no device"):
+        preflight(_abstract_llama(), mesh, jf.FSDP)
 
 
 def test_distributed_initialize_is_a_noop_for_one_process(monkeypatch):
