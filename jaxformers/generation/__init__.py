@@ -14,6 +14,7 @@ steps (the loop returns to the host every `chunk_steps` tokens, never per token)
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import functools
 import logging
 from collections.abc import Callable, Iterator
@@ -186,9 +187,12 @@ def _generate(model, input_ids, attention_mask, generation_config, key, chunk_st
     pad_len[:rows] = np.argmax(mask, axis=1)  # HF's padding_lengths
     real = np.arange(bb) < rows  # filler rows start finished: they never keep the loop running
     args = (jnp.asarray(ids_b), jnp.asarray(mask_b), jnp.asarray(pad_len), jnp.asarray(real), start, key, max_new)
-    st = start_fn(graphdef, state, *args, **common)
     # the loop runs on the decoding layout (per-layer arrays), made once and reused while the weights are unchanged
     dgraph, dstate = decode.decode_model(graphdef, state, rows=bb * nb, unroll=unroll)
+    loop = _compile_loop_early(start_fn, (graphdef, state, *args), common, run_fn, (dgraph, dstate), static)
+    st = start_fn(graphdef, state, *args, **common)
+    if loop is not None:
+        loop.result()
     if not streaming:
         st = run_fn(dgraph, dstate, st, max_new, cfg=static)
     else:
@@ -203,6 +207,33 @@ def _generate(model, input_ids, attention_mask, generation_config, key, chunk_st
             if step >= max_new or bool(jnp.all(st.finished)):  # the loop's own test (filler rows start finished)
                 break
     yield _Final(_result(st, rows, start, tb, nb, cfg))
+
+
+_COMPILER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxformers-compile")
+_LOOPS_SEEN: set = set()
+
+
+def _compile_loop_early(start_fn, start_args, common, run_fn, dmodel, cfg) -> concurrent.futures.Future | None:
+    """On the first call for a shape, compile the decode loop on a second thread while this one compiles and runs
+    the prefill: XLA releases the GIL while compiling, so the two compilations overlap (the loop's is the larger,
+    2-3 s for a 12-layer model on XLA:CPU). The loop's input shapes come from tracing the prefill (`eval_shape`);
+    the jit cache then serves the real call. Skipped for sharded weights (the traced shapes carry no shardings,
+    so the call would compile again) and once a shape has been seen. A failure here is left to the real call."""
+    graphdef, state = start_args[:2]
+    sig = (run_fn, dmodel[0], cfg, common["cache_len"], tuple(np.shape(a) for a in start_args[2:5]))
+    if sig in _LOOPS_SEEN or any(len(x.sharding.device_set) > 1 for x in jax.tree.leaves(state)):
+        return None
+    _LOOPS_SEEN.add(sig)
+    st_shape = start_fn.eval_shape(*start_args, **common)
+    stop = 1  # a Python int, as every call passes: traced as a weak int32 scalar
+
+    def work():
+        try:
+            run_fn.lower(*dmodel, st_shape, stop, cfg=cfg).compile()
+        except Exception as e:  # noqa: BLE001 - the real call compiles again and reports it
+            log.debug("early compile of the decode loop failed: %s", e)
+
+    return _COMPILER.submit(work)
 
 
 def new_tokens_bucket(n: int) -> int:

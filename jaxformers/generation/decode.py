@@ -85,37 +85,29 @@ def decode_model(graphdef, state, *, rows: int, unroll: bool):
     """`(graphdef, state)` of the model the decode loop runs: per-layer arrays when `unroll`, and kernels laid out
     for `rows`-row products.
 
-    A separate jitted program materialises the new layout (inside the loop's own program XLA would fold the slices
-    and transposes back into the original arrays). The most recent layout is kept, keyed by weak references to the
-    source arrays, so repeated `generate` calls on an unchanged model pay for it once; it costs one extra copy of
-    the weights in memory (`unroll_layers=False` avoids both)."""
+    The new layout is materialised outside the loop's program (inside it, XLA would fold the slices and transposes
+    back into the original arrays), op by op rather than as one jitted program: XLA:CPU took 2-4 s to compile that
+    program (hundreds of slice/transpose outputs) against ~1 s for the handful of distinct per-shape ops, and arrays
+    that keep their layout (embeddings, final norm) are shared instead of copied. The most recent layout is kept,
+    keyed by weak references to the source arrays, so repeated `generate` calls on an unchanged model pay for it
+    once; it costs one extra copy of the layer weights (`unroll_layers=False` avoids both)."""
     if not unroll:
         return graphdef, state
     leaves = jax.tree.leaves(state)
     key = (graphdef, rows <= OUT_FIRST_MAX_ROWS)
     hit = _LAYOUT_CACHE.get(key)
     if hit is not None and len(hit[0]) == len(leaves) and all(r() is x for r, x in zip(hit[0], leaves)):
-        return _DECODE_GRAPHDEFS[key], hit[1]
+        return hit[1], hit[2]
     _LAYOUT_CACHE.clear()  # one entry: never hold a second copy of more than one model
-    dstate = _decode_layout(graphdef, state, key[1])
-    _LAYOUT_CACHE[key] = ([weakref.ref(x) for x in leaves], dstate)
-    return _DECODE_GRAPHDEFS[key], dstate
+    model = unstack_layers(nnx.merge(graphdef, state))  # eager: each slice / transpose is its own small program
+    if key[1]:
+        set_kernel_layout(model, out_first=True)
+    dgraph, dstate = nnx.split(model)
+    _LAYOUT_CACHE[key] = ([weakref.ref(x) for x in leaves], dgraph, dstate)
+    return dgraph, dstate
 
 
 _LAYOUT_CACHE: dict = {}
-_DECODE_GRAPHDEFS: dict = {}  # (graphdef, out_first) -> graphdef of the decoding layout, recorded while tracing
-
-
-def _to_decode_layout(graphdef, state, out_first: bool):
-    model = unstack_layers(nnx.merge(graphdef, state))
-    if out_first:
-        set_kernel_layout(model, out_first=True)
-    dgraph, dstate = nnx.split(model)
-    _DECODE_GRAPHDEFS[(graphdef, out_first)] = dgraph
-    return dstate
-
-
-_decode_layout = jax.jit(_to_decode_layout, static_argnums=(0, 2))
 
 
 def _forward(model, ids, cache):
