@@ -17,17 +17,16 @@ def _convert(args) -> None:
     kwargs = {"gguf_file": args.gguf_file} if args.gguf_file else {}
     model = jf.load(args.source, task=args.task, param_dtype=args.dtype, **kwargs)
     if args.to == "orbax":
-        jf.save_checkpoint(model, args.output)
+        jf.save_checkpoint(model, args.output, overwrite=args.overwrite)
     else:
         model.save_pretrained(args.output)
     print(f"wrote {type(model).__name__} ({args.to}) to {args.output}")
 
 
 def _similarity(args) -> None:
-    import jaxformers as jf
     from jaxformers.tasks.embeddings import SentenceEmbedder, cosine_similarity
 
-    embed = SentenceEmbedder(jf.AutoModel.from_pretrained(args.model), jf.AutoTokenizer.from_pretrained(args.model))
+    embed = SentenceEmbedder.from_pretrained(args.model)  # truncates at the checkpoint's max_seq_length
     sim = cosine_similarity(*(embed(args.sentences),) * 2)
     for row in sim:
         print(" ".join(f"{x:7.3f}" for x in row))
@@ -45,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     conv.add_argument("--task", default=None, help="head to load, e.g. causal-lm (default: the checkpoint's)")
     conv.add_argument("--dtype", default=None, help="parameter dtype, e.g. bfloat16 (default: float32)")
     conv.add_argument("--gguf-file", default=None, help="GGUF file name inside SOURCE (Llama family)")
+    conv.add_argument("--overwrite", action="store_true",
+                      help="--to orbax: replace OUTPUT even if it is a non-empty directory that is not a checkpoint")
     conv.set_defaults(func=_convert)
     sim = sub.add_parser("similarity", help="cosine similarity of sentence embeddings (mean pooling)")
     sim.add_argument("sentences", nargs="+")

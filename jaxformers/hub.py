@@ -3,13 +3,15 @@
 A local directory is used as it is. Anything else is a hub repo id: files come from the `huggingface_hub` cache
 (revision, cache_dir, token) and are downloaded only when the hub is reachable. `HF_HUB_OFFLINE=1` or
 `local_files_only=True` never touches the network; a repo that is not cached then fails with a message that says so.
+File names that would leave the repo (`..`, absolute paths) are refused before any download (`check_filename`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import huggingface_hub
 from huggingface_hub import errors as hf_errors
@@ -38,6 +40,19 @@ def is_local(name_or_path: str | os.PathLike) -> bool:
     return Path(name_or_path).expanduser().is_dir()
 
 
+def check_filename(filename, where: str) -> str:
+    """`filename` if it is a plain relative path inside a model directory / repo, else ValueError (`where` says whose
+    name it is). Names read from checkpoint files (index shard names) pass here before they are downloaded or
+    opened: an absolute path, a drive or a `..` part would reach outside the model."""
+    ok = isinstance(filename, str) and filename and "\0" not in filename and filename[0] not in "/\\"
+    if not ok or PureWindowsPath(filename).drive or ".." in re.split(r"[\\/]", filename):
+        raise ValueError(
+            f"{where}: {filename!r} is not a relative path inside the model directory (it is empty, absolute, has a "
+            "drive or a '..' part); refusing to read or download it. Name files relative to the model directory."
+        )
+    return filename
+
+
 def resolve_file(
     name_or_path: str | os.PathLike, filename: str, opts: HubOptions = HubOptions(), *, required: bool = True
 ) -> Path | None:
@@ -52,6 +67,7 @@ def resolve_file(
     repo_id = str(name_or_path)
     if repo_id.count("/") > 1 or repo_id.startswith((".", "/", "~")):
         raise FileNotFoundError(f"{repo_id!r} is neither an existing local directory nor a valid hub repo id.")
+    check_filename(filename, f"file requested from the hub repo {repo_id}")
     try:
         return Path(
             huggingface_hub.hf_hub_download(

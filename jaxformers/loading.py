@@ -24,7 +24,10 @@ from jaxformers.convert.safetensors_io import (
     TORCH_INDEX,
     TORCH_SINGLE,
     open_checkpoint,
+    read_weight_map,
+    remove_superseded_weights,
     save_safetensors,
+    write_text_atomically,
 )
 from jaxformers.core import sharding as shd
 from jaxformers.core.options import Options
@@ -45,6 +48,7 @@ def load(
     rules=None,
     allow_pickle: bool = False,
     gguf_file: str | None = None,
+    verify: bool = True,
     **kwargs,
 ):
     """Load a model.
@@ -59,6 +63,8 @@ def load(
         parameter shapes are checked first (`core.preflight`): a mis-sized mesh raises before anything is read.
       allow_pickle: permit pickled `pytorch_model.bin` (read with `torch.load(weights_only=True)`).
       gguf_file: a GGUF file name inside `name_or_path` (Llama family).
+      verify: for a jaxformers Orbax checkpoint, check its files against the sha256 checksums recorded at save
+        before reading them (about 0.2 s per 100 MB; a mismatch is a ValueError naming the file).
       revision, cache_dir, local_files_only, token: hub options.
     """
     hub_opts = hub.HubOptions.pop_from(kwargs)
@@ -74,7 +80,7 @@ def load(
         rules = shd.resolve_rules(shd.FSDP if rules is None else rules, mesh)
 
     if isinstance(name_or_path, (str, Path)) and orbax_io.is_checkpoint(name_or_path):
-        return _load_orbax(Path(name_or_path), model_class, task, options, mesh, rules)
+        return _load_orbax(Path(name_or_path), model_class, task, options, mesh, rules, verify=verify)
 
     if gguf_file is not None:
         from jaxformers.convert import gguf
@@ -128,16 +134,25 @@ def _config_overrides(kwargs: dict) -> dict:
 
 
 def _read_json(path: Path) -> dict:
+    """The JSON object in `path` (config.json, generation_config.json): anything else is a ValueError naming it."""
     try:
-        return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"{path} is not valid UTF-8 JSON ({e}). Re-download it or fix it.") from e
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{path} must hold a JSON object ({{...}}), but it holds {json.dumps(data)[:80]}. "
+            "Re-download it or fix it."
+        )
+    return data
 
 
 def _weights_source(name_or_path, hub_opts: hub.HubOptions, allow_pickle: bool):
+    # read_weight_map refuses shard names outside the model (`..`, absolute) before anything is downloaded;
+    # open_checkpoint then refuses shards that resolve outside the directory through symlinks.
     index = hub.resolve_file(name_or_path, SAFE_INDEX, hub_opts, required=False)
     if index is not None:
-        for shard in sorted(set(_read_json(index)["weight_map"].values())):
+        for shard in sorted(set(read_weight_map(index).values())):
             hub.resolve_file(name_or_path, shard, hub_opts)
         return open_checkpoint(index.parent)
     single = hub.resolve_file(name_or_path, SAFE_SINGLE, hub_opts, required=False)
@@ -154,7 +169,7 @@ def _weights_source(name_or_path, hub_opts: hub.HubOptions, allow_pickle: bool):
     if path is None:
         raise FileNotFoundError(f"{name_or_path} has no weights (safetensors or pytorch_model.bin)")
     if path.name == TORCH_INDEX:
-        for shard in sorted(set(_read_json(path)["weight_map"].values())):
+        for shard in sorted(set(read_weight_map(path).values())):
             hub.resolve_file(name_or_path, shard, hub_opts)
     return open_checkpoint(path.parent, allow_pickle=True)
 
@@ -261,8 +276,23 @@ def model_params(model) -> dict[str, jax.Array]:
 
 
 def save_pretrained(model, directory) -> None:
-    """HF layout: config.json + model.safetensors, written so that `transformers` loads it unchanged."""
+    """HF layout: config.json + model.safetensors (+ generation_config.json), written so that `transformers` loads it
+    unchanged.
+
+    Each file is replaced atomically (temp file, fsync, rename). Once the new model.safetensors is complete, the
+    weight files of an earlier save it supersedes are removed, as transformers' save_pretrained cleans up: a sharded
+    checkpoint's index (first) and shards, pytorch_model*.bin and its index; other files stay. The folder as a whole
+    is not replaced atomically (a crash between files can pair new weights with the old config.json): for that, use
+    `save_checkpoint`. A jaxformers Orbax checkpoint directory is refused (`load` would keep reading the checkpoint).
+    """
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise FileExistsError(f"{directory} is a file; save_pretrained writes a directory. Choose another path.")
+    if (directory / orbax_io.MARKER).is_file():
+        raise FileExistsError(
+            f"{directory} is a jaxformers Orbax checkpoint ({orbax_io.MARKER}); HF files saved into it would be "
+            "ignored, since `load` reads the checkpoint. Save to another directory, or use save_checkpoint here."
+        )
     directory.mkdir(parents=True, exist_ok=True)
     params = {k: np.asarray(jax.device_get(v)) for k, v in model_params(model).items()}
     tensors = engine.export(
@@ -273,24 +303,35 @@ def save_pretrained(model, directory) -> None:
     dtypes = {str(v.dtype) for v in params.values()}
     config["torch_dtype"] = dtypes.pop() if len(dtypes) == 1 else "float32"
     save_safetensors(tensors, directory / SAFE_SINGLE)
+    removed = remove_superseded_weights(directory, keep={SAFE_SINGLE})
+    if removed:
+        log.info("save_pretrained: removed weight files that %s supersedes: %s", SAFE_SINGLE, ", ".join(removed))
     generation = getattr(model, "generation_config", None)
     if generation is not None:
         defaults = type(generation)().to_dict()  # like HF, write only what differs from the defaults
         changed = {k: v for k, v in generation.to_dict().items() if v != defaults[k]}
-        (directory / GENERATION_CONFIG).write_text(json.dumps(changed, indent=2) + "\n")
-    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        write_text_atomically(directory / GENERATION_CONFIG, json.dumps(changed, indent=2) + "\n")
+    write_text_atomically(directory / "config.json", json.dumps(config, indent=2, sort_keys=True))
 
 
-def save_checkpoint(model, directory) -> Path:
-    """Orbax checkpoint (sharded arrays stay sharded; every host writes its own shards); atomic."""
+def save_checkpoint(model, directory, *, overwrite: bool = False) -> Path:
+    """Orbax checkpoint (sharded arrays stay sharded; every host writes its own shards); atomic, with checksums.
+
+    `directory` may be new, empty, or an earlier checkpoint (replaced atomically); anything else raises
+    FileExistsError before anything is written. `overwrite=True` also replaces a non-empty directory that is not a
+    checkpoint (never a file). A concurrent save to the same directory raises RuntimeError. See `orbax_io`.
+    """
     state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     config = model.config.to_hf()
     meta = {"model_type": model.config.model_type, "architecture": model.hf_architecture}
-    return orbax_io.save(state, config, meta, directory)
+    return orbax_io.save(state, config, meta, directory, overwrite=overwrite)
 
 
-def _load_orbax(directory: Path, model_class, task, options: Options, mesh, rules):
+def _load_orbax(directory: Path, model_class, task, options: Options, mesh, rules, *, verify: bool = True):
+    """Restore an Orbax checkpoint; `verify` first checks its files against the checksums recorded at save."""
     meta, config = orbax_io.read_meta(directory)
+    if verify:  # before anything else is read, so that a corrupt file is reported as such
+        orbax_io.verify_checksums(directory)
     config.setdefault("architectures", [meta["architecture"]])
     cls = _choose_class(config, model_class, task)
     cfg = cls.config_class.from_hf(config)
@@ -307,7 +348,7 @@ def _load_orbax(directory: Path, model_class, task, options: Options, mesh, rule
             node = node.setdefault(p, {})
         node[path[-1]] = jax.ShapeDtypeStruct(tgt.shape, tgt.dtype, sharding=tgt.sharding or local)
     try:
-        restored = orbax_io.restore(directory, abstract)
+        restored = orbax_io.restore(directory, abstract, verify=False)  # verified above
     except ValueError as e:
         raise ValueError(f"checkpoint {directory} does not match the {cls.__name__} built from its config: {e}") from e
     nnx.replace_by_pure_dict(abs_state, restored)

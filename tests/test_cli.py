@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
 from jaxformers.cli import main
@@ -14,6 +15,18 @@ def test_convert_hf_to_orbax_and_back(tiny_hf, tmp_path):
     main(["convert", str(tmp_path / "orbax"), str(tmp_path / "hf"), "--to", "hf"])
     a, b = load_file(src / "model.safetensors"), load_file(tmp_path / "hf" / "model.safetensors")
     assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_convert_refuses_a_folder_that_is_not_a_checkpoint(tiny_hf, tmp_path):
+    src, _ = tiny_hf("gpt2", "GPT2LMHeadModel")
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="project"):
+        main(["convert", str(src), str(out), "--to", "orbax"])
+    assert (out / "notes.txt").read_text() == "keep me"
+    main(["convert", str(src), str(out), "--to", "orbax", "--overwrite"])
+    assert not (out / "notes.txt").exists() and (out / "jaxformers.json").is_file()
 
 
 def test_similarity(capsys):
