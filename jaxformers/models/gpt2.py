@@ -8,7 +8,6 @@ and re-fuses on export. Position ids default to "slot minus the row's first real
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 from flax import nnx
 
 from jaxformers.core import attention as attn
@@ -16,7 +15,14 @@ from jaxformers.core.cache import KVCache, update_layer
 from jaxformers.core.config import HFConfig, config_class
 from jaxformers.core.decoder import decoder_positions, run_layers
 from jaxformers.core.layers import Dense, Embed, LayerNorm, Stacked, activation
-from jaxformers.core.modeling import PreTrainedModel, check_index_input, check_input_ids, last_token
+from jaxformers.core.modeling import (
+    PreTrainedModel,
+    check_index_input,
+    check_input_ids,
+    check_learned_positions,
+    check_seq_len,
+    last_token,
+)
 from jaxformers.core.options import Options
 from jaxformers.core.outputs import BaseModelOutput, CausalLMOutput, SequenceClassifierOutput
 from jaxformers.core.sharding import constrain
@@ -43,6 +49,8 @@ class GPT2Config(HFConfig):
     bos_token_id: int | None = 50256
     eos_token_id: int | None = 50256
     pad_token_id: int | None = None
+    positive_fields = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner")  # n_inner: None ok
+    nonnegative_fields = ("layer_norm_epsilon",)
 
     def validate(self):
         if self.n_embd % self.n_head:
@@ -135,16 +143,22 @@ class GPT2Model(PreTrainedModel):
 
     def __call__(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None, *,
                  output_hidden_states: bool = False) -> BaseModelOutput:  # fmt: skip
-        """Decode `input_ids [B, T]` (appended at `cache.index` when a cache is given); last_hidden_state `[B, T, D]`."""
-        input_ids, attention_mask = check_input_ids(input_ids, attention_mask)
+        """Decode `input_ids [B, T]` (appended at `cache.index` when a cache is given); last_hidden_state `[B, T, D]`.
+
+        Ids and positions are range-checked against the vocabulary and the n_positions table (without a cache T may
+        not exceed n_positions, as in transformers); see `core.modeling` for eager vs jit."""
+        n_pos = self.config.n_positions
+        input_ids, attention_mask = check_input_ids(input_ids, attention_mask, vocab_size=self.config.vocab_size)
         if cache is None:
+            check_seq_len(input_ids.shape[1], n_pos, "n_positions")
             key_mask, q_offset = attention_mask.astype(bool), 0
         else:
             cache = cache.with_tokens(attention_mask)
             key_mask, q_offset = cache.mask, cache.index
-        position_ids = check_index_input(position_ids, input_ids.shape, "position_ids")
+        position_ids = check_index_input(position_ids, input_ids.shape, "position_ids", size=n_pos)
         if position_ids is None:
             position_ids = decoder_positions(key_mask, q_offset, input_ids.shape[1])
+            check_learned_positions(position_ids, n_pos, q_offset=q_offset, name="n_positions")
         x = constrain(self.wte(input_ids) + self.wpe(position_ids), ACT_BTD)
         emb = x
 
@@ -195,13 +209,14 @@ class GPT2ForSequenceClassification(_GPT2Head):
     def __init__(self, cfg: GPT2Config, *, options: Options = Options(), rngs: nnx.Rngs):
         self.config = cfg
         self.transformer = GPT2Model(cfg, options=options, rngs=rngs)
-        n = len(cfg.extra["id2label"]) if "id2label" in cfg.extra else int(cfg.extra.get("num_labels", 2))
-        self.score = Dense(cfg.n_embd, n, axes=("embed", "labels"), use_bias=False, opts=options, rngs=rngs)
+        self.score = Dense(
+            cfg.n_embd, cfg.num_labels, axes=("embed", "labels"), use_bias=False, opts=options, rngs=rngs
+        )
 
     def __call__(self, input_ids, attention_mask=None, position_ids=None, *,
                  output_hidden_states: bool = False) -> SequenceClassifierOutput:  # fmt: skip
         """Logits `[B, num_labels]` read at each row's last non-padding token (HF's rule)."""
-        ids, mask = check_input_ids(input_ids, attention_mask)
+        ids, mask = check_input_ids(input_ids, attention_mask, vocab_size=self.config.vocab_size)  # before int32
         out = self.transformer(ids, mask, position_ids, output_hidden_states=output_hidden_states)
         logits = self.score(out.last_hidden_state)  # [B, T, num_labels]
         logits = last_token(logits, ids, mask, self.config.pad_token_id)

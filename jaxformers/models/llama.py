@@ -13,6 +13,7 @@ left-padded rows get exactly the values they have alone.
 
 from __future__ import annotations
 
+import numbers
 from typing import ClassVar
 
 import jax.numpy as jnp
@@ -21,7 +22,7 @@ from flax import nnx
 from jaxformers.core import attention as attn
 from jaxformers.core import rope
 from jaxformers.core.cache import KVCache, update_layer
-from jaxformers.core.config import HFConfig, config_class
+from jaxformers.core.config import HFConfig, check_positive_int, config_class
 from jaxformers.core.layers import Dense, Embed, RMSNorm, Stacked, activation
 from jaxformers.core.decoder import decoder_positions, run_layers
 from jaxformers.core.modeling import PreTrainedModel, check_index_input, check_input_ids, last_token
@@ -59,6 +60,9 @@ class LlamaConfig(HFConfig):
     bos_token_id: int | list | None = None
     eos_token_id: int | list | None = None
     flag_fields: ClassVar[dict[str, str]] = {"qkv_bias": "attention_bias"}  # derived flag -> config.json field
+    positive_fields = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                       "num_key_value_heads", "head_dim", "max_position_embeddings")  # fmt: skip
+    nonnegative_fields = ("rms_norm_eps",)
 
     @classmethod
     def from_hf(cls, d):
@@ -85,8 +89,19 @@ class LlamaConfig(HFConfig):
             )
         if self.layer_types is not None and len(self.layer_types) != self.num_hidden_layers:
             raise ValueError(f"layer_types has {len(self.layer_types)} entries for {self.num_hidden_layers} layers")
+        for window in self.windows:  # only where a layer uses it: configs keep sliding_window with the feature off
+            check_positive_int("sliding_window", window)
         activation(self.hidden_act)
-        rope.rope_parameters(self.to_hf())
+        params = self.rope
+        theta = params["rope_theta"]
+        if isinstance(theta, bool) or not isinstance(theta, numbers.Real) or not theta > 0:
+            raise ValueError(f"config.json: rope_theta={theta!r} must be a positive number (HF's default is 10000.0)")
+        factor = params.get("factor")
+        if params["rope_type"] != "default" and not (isinstance(factor, numbers.Real) and factor > 0):
+            raise ValueError(
+                f"config.json: rope {params['rope_type']!r} scaling needs a positive factor, got factor={factor!r}; "
+                "fix rope_scaling / rope_parameters in config.json"
+            )
 
     @property
     def kv_heads(self) -> int:
@@ -102,7 +117,10 @@ class LlamaConfig(HFConfig):
 
     @property
     def rope(self) -> dict:
-        return rope.rope_parameters(self.to_hf())
+        params = rope.rope_parameters(self.to_hf())
+        if params["rope_theta"] is None:  # config.json without rope_theta anywhere: HF's LlamaConfig default
+            params["rope_theta"] = 10000.0
+        return params
 
     @property
     def windows(self) -> tuple[int | None, ...]:
@@ -191,15 +209,16 @@ class LlamaModel(PreTrainedModel):
     def __call__(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None, *,
                  output_hidden_states: bool = False) -> BaseModelOutput:  # fmt: skip
         """Decode `input_ids [B, T]`; with `cache`, the tokens are appended at `cache.index` and the updated cache is
-        returned in `out.cache`. Returns last_hidden_state `[B, T, D]`."""
+        returned in `out.cache`. Returns last_hidden_state `[B, T, D]`.
+
+        Token ids must lie in [0, vocab_size) and a cache write must fit (see `core.modeling`); positions are not
+        bounded (RoPE: transformers accepts any)."""
         cfg = self.config
-        input_ids, attention_mask = check_input_ids(input_ids, attention_mask)
+        input_ids, attention_mask = check_input_ids(input_ids, attention_mask, vocab_size=cfg.vocab_size)
         if cache is None:
             key_mask, q_offset = attention_mask.astype(bool), 0
         else:
-            if input_ids.shape[0] != cache.batch:
-                raise ValueError(f"batch {input_ids.shape[0]} does not match the cache's batch {cache.batch}")
-            cache = cache.with_tokens(attention_mask)
+            cache = cache.with_tokens(attention_mask)  # checks the batch and that the tokens fit
             key_mask, q_offset = cache.mask, cache.index
         position_ids = check_index_input(position_ids, input_ids.shape, "position_ids")
         if position_ids is None:
@@ -263,13 +282,14 @@ class LlamaForSequenceClassification(_LlamaHead):
     def __init__(self, cfg: LlamaConfig, *, options: Options = Options(), rngs: nnx.Rngs):
         self.config = cfg
         self.model = LlamaModel(cfg, options=options, rngs=rngs)
-        n = len(cfg.extra["id2label"]) if "id2label" in cfg.extra else int(cfg.extra.get("num_labels", 2))
-        self.score = Dense(cfg.hidden_size, n, axes=("embed", "labels"), use_bias=False, opts=options, rngs=rngs)
+        self.score = Dense(
+            cfg.hidden_size, cfg.num_labels, axes=("embed", "labels"), use_bias=False, opts=options, rngs=rngs
+        )
 
     def __call__(self, input_ids, attention_mask=None, position_ids=None, *,
                  output_hidden_states: bool = False) -> SequenceClassifierOutput:  # fmt: skip
         """Logits `[B, num_labels]` read at each row's last non-padding token (HF's rule)."""
-        ids, mask = check_input_ids(input_ids, attention_mask)
+        ids, mask = check_input_ids(input_ids, attention_mask, vocab_size=self.config.vocab_size)  # before int32
         out = self.model(ids, mask, position_ids, output_hidden_states=output_hidden_states)
         logits = self.score(out.last_hidden_state)  # [B, T, num_labels]
         return SequenceClassifierOutput(logits=last_token(logits, ids, mask, self.config.pad_token_id),
