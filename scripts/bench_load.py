@@ -3,9 +3,15 @@ and with transformers into PyTorch; report wall time and peak RSS of each, measu
 
     python scripts/bench_load.py                  # ~1 GB checkpoint in a temp dir, 8 simulated CPU devices
     python scripts/bench_load.py --size-gb 0.25 --devices 4 --keep /tmp/bench_ckpt
+    python scripts/bench_load.py --layers 24,48,96   # depth scaling: tiny-width Llamas of these depths, one device
 
 Peak RSS is `ru_maxrss` of the child; "baseline" is its RSS after imports, before loading, so `peak - baseline` is
 what the load itself cost. The file is read once beforehand so both loaders start from a warm page cache.
+
+`--layers` measures how load time grows with depth alone: Llama checkpoints of the tests' tiny width (hidden 48, 6
+heads, 2 KV heads, intermediate 37, vocab 97) and the given depths, where reading the weights costs next to nothing
+and any per-layer overhead shows. Each loader runs in one child process: a warm-up load of the shallowest checkpoint
+(first-call compilation), then `--repeats` loads of each depth; the best time is reported, with seconds per layer.
 """
 
 from __future__ import annotations
@@ -34,38 +40,48 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+# Width of the depth-scaling checkpoints (`--layers`): the tests' tiny Llama (tests/conftest.py `_COMMON_DEC`).
+TINY = dict(hidden=48, intermediate=37, heads=6, kv_heads=2, vocab=97)
+
+
 def generate(directory: Path, size_gb: float) -> int:
     """Write config.json + model.safetensors of a random Llama with about `size_gb` GB of float32 weights."""
-    from safetensors.numpy import save_file
-
     head_dim = HIDDEN // HEADS
     per_layer = HIDDEN * (HEADS + 2 * KV_HEADS) * head_dim + HEADS * head_dim * HIDDEN + 3 * HIDDEN * INTERMEDIATE
     fixed = 2 * VOCAB * HIDDEN
     layers = max(1, round((size_gb * 1e9 / 4 - fixed) / per_layer))
+    return write_llama(directory, layers, HIDDEN, INTERMEDIATE, HEADS, KV_HEADS, VOCAB)
+
+
+def write_llama(directory: Path, layers: int, hidden: int, intermediate: int, heads: int, kv_heads: int, vocab: int):
+    """Write config.json + model.safetensors of a random float32 Llama of these sizes; returns the weight bytes."""
+    from safetensors.numpy import save_file
+
+    head_dim = hidden // heads
     rng = np.random.default_rng(0)
 
     def w(*shape):
         return (rng.standard_normal(shape, np.float32) * 0.02).astype(np.float32)
 
-    tensors = {"model.embed_tokens.weight": w(VOCAB, HIDDEN), "lm_head.weight": w(VOCAB, HIDDEN)}
-    tensors["model.norm.weight"] = np.ones(HIDDEN, np.float32)
+    tensors = {"model.embed_tokens.weight": w(vocab, hidden), "lm_head.weight": w(vocab, hidden)}
+    tensors["model.norm.weight"] = np.ones(hidden, np.float32)
     for i in range(layers):
         p = f"model.layers.{i}."
-        tensors[p + "self_attn.q_proj.weight"] = w(HEADS * head_dim, HIDDEN)
-        tensors[p + "self_attn.k_proj.weight"] = w(KV_HEADS * head_dim, HIDDEN)
-        tensors[p + "self_attn.v_proj.weight"] = w(KV_HEADS * head_dim, HIDDEN)
-        tensors[p + "self_attn.o_proj.weight"] = w(HIDDEN, HEADS * head_dim)
-        tensors[p + "mlp.gate_proj.weight"] = w(INTERMEDIATE, HIDDEN)
-        tensors[p + "mlp.up_proj.weight"] = w(INTERMEDIATE, HIDDEN)
-        tensors[p + "mlp.down_proj.weight"] = w(HIDDEN, INTERMEDIATE)
-        tensors[p + "input_layernorm.weight"] = np.ones(HIDDEN, np.float32)
-        tensors[p + "post_attention_layernorm.weight"] = np.ones(HIDDEN, np.float32)
+        tensors[p + "self_attn.q_proj.weight"] = w(heads * head_dim, hidden)
+        tensors[p + "self_attn.k_proj.weight"] = w(kv_heads * head_dim, hidden)
+        tensors[p + "self_attn.v_proj.weight"] = w(kv_heads * head_dim, hidden)
+        tensors[p + "self_attn.o_proj.weight"] = w(hidden, heads * head_dim)
+        tensors[p + "mlp.gate_proj.weight"] = w(intermediate, hidden)
+        tensors[p + "mlp.up_proj.weight"] = w(intermediate, hidden)
+        tensors[p + "mlp.down_proj.weight"] = w(hidden, intermediate)
+        tensors[p + "input_layernorm.weight"] = np.ones(hidden, np.float32)
+        tensors[p + "post_attention_layernorm.weight"] = np.ones(hidden, np.float32)
     directory.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
     config = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN,
-        "intermediate_size": INTERMEDIATE, "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
-        "num_hidden_layers": layers, "vocab_size": VOCAB, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
+        "intermediate_size": intermediate, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+        "num_hidden_layers": layers, "vocab_size": vocab, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
         "tie_word_embeddings": False, "torch_dtype": "float32", "hidden_act": "silu",
     }  # fmt: skip
     (directory / "config.json").write_text(json.dumps(config, indent=2))
@@ -100,14 +116,74 @@ def child_torch(directory: str) -> dict:
     return {"seconds": seconds, "baseline": baseline, "peak": _peak_rss_bytes()}
 
 
-def run_child(kind: str, directory: Path, devices: int) -> dict:
+def child_depth(kind: str, directories: list[str], repeats: int) -> dict:
+    """Best of `repeats` load times of each checkpoint, after one warm-up load of the first (`--layers` mode)."""
+    if kind == "jax-depth":
+        import jax
+
+        import jaxformers as jf
+
+        def load(directory):
+            jax.block_until_ready(jf.loading.model_params(jf.load(directory)))
+    else:
+        import torch
+        import transformers
+
+        def load(directory):
+            transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+
+    load(directories[0])
+    best = {}
+    for directory in directories:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            load(directory)
+            best[directory] = min(best.get(directory, float("inf")), time.perf_counter() - start)
+    return best
+
+
+def run_child(kind: str, directory, devices: int, repeats: int = 1) -> dict:
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
     cmd = [sys.executable, __file__, "--child", kind, "--dir", str(directory), "--devices", str(devices)]
+    cmd += ["--repeats", str(repeats)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if out.returncode:
         raise RuntimeError(f"{kind} loader failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _depths(text: str) -> list[int]:
+    try:
+        depths = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--layers wants comma-separated layer counts such as 24,48,96, got {text!r}"
+        ) from None
+    if not depths or depths[0] < 1:
+        raise argparse.ArgumentTypeError(f"--layers wants positive layer counts such as 24,48,96, got {text!r}")
+    return depths
+
+
+def depth_scaling(depths: list[int], repeats: int) -> None:
+    """Load time against depth, jaxformers (one CPU device, no mesh) and transformers + PyTorch, same checkpoints."""
+    with tempfile.TemporaryDirectory(prefix="bench_load_depth_") as tmp:
+        dirs = [Path(tmp) / f"llama{n}" for n in depths]
+        for n, directory in zip(depths, dirs):
+            write_llama(directory, n, **TINY)
+        joined = ",".join(str(d) for d in dirs)
+        jax_s = run_child("jax-depth", joined, 1, repeats)
+        torch_s = run_child("torch-depth", joined, 1, repeats)
+    print(f"tiny-width Llama (hidden {TINY['hidden']}, vocab {TINY['vocab']}), fp32, best of {repeats} loads each")
+    head = f"{'layers':>6s} {'jaxformers s':>12s} {'ms/layer':>9s} {'transformers s':>14s} {'ms/layer':>9s}"
+    print(f"{head} {'jf / torch':>10s}  jaxformers growth")
+    prev = None
+    for n, directory in zip(depths, dirs):
+        tj, tt = jax_s[str(directory)], torch_s[str(directory)]
+        # Time ratio against the previous depth next to the depth ratio: at most equal when the cost is linear.
+        growth = f"{tj / prev[1]:.2f}x time for {n / prev[0]:.2f}x layers" if prev else ""
+        print(f"{n:6d} {tj:12.3f} {1e3 * tj / n:9.2f} {tt:14.3f} {1e3 * tt / n:9.2f} {tj / tt:10.2f}  {growth}")
+        prev = (n, tj)
 
 
 def main() -> None:
@@ -115,12 +191,24 @@ def main() -> None:
     parser.add_argument("--size-gb", type=float, default=1.0, help="approximate checkpoint size (float32)")
     parser.add_argument("--devices", type=int, default=8, help="simulated CPU devices for the FSDP mesh")
     parser.add_argument("--keep", type=Path, help="generate into (or reuse) this directory instead of a temp dir")
-    parser.add_argument("--child", choices=["jax", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--layers", type=_depths, help="depth-scaling mode: comma-separated depths of tiny-width Llamas (24,48,96)"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="--layers mode: loads per depth (the best is shown)")
+    parser.add_argument("--child", choices=["jax", "torch", "jax-depth", "torch-depth"], help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1 (loads per depth), got {args.repeats}")
+    if args.child in ("jax-depth", "torch-depth"):
+        print(json.dumps(child_depth(args.child, args.dir.split(","), args.repeats)))
+        return
     if args.child:
         result = child_jax(args.dir, args.devices) if args.child == "jax" else child_torch(args.dir)
         print(json.dumps(result))
+        return
+    if args.layers:
+        depth_scaling(args.layers, args.repeats)
         return
     with tempfile.TemporaryDirectory(prefix="bench_load_") as tmp:
         directory = args.keep or Path(tmp) / "llama"

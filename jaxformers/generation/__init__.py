@@ -18,12 +18,15 @@ import concurrent.futures
 import functools
 import logging
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxformers.core import preflight
+from jaxformers.core.attention import attention_plan
 from jaxformers.generation import decode
 from jaxformers.generation.config import GenerationConfig, resolve
 
@@ -78,7 +81,7 @@ def generate(
       generation_config: base settings (default: the checkpoint's `generation_config.json`, then the model config).
       key: PRNG key (or int seed) for sampling; default seed 0, so sampling is reproducible.
       streamer: called with each chunk of new tokens `[B, n]` as they are produced (greedy / sampling only).
-      chunk_steps: decode steps per streamed chunk.
+      chunk_steps: decode steps per streamed chunk, an int >= 1.
       unroll_layers: run the decode loop over per-layer weights and cache (faster decode steps; the weights are
         sliced once per call). False keeps the model's layout (scanned layers: less memory, faster compile).
       **kwargs: any `GenerationConfig` field, with HF's names and meaning: `max_new_tokens`, `max_length`,
@@ -88,6 +91,12 @@ def generate(
     Returns:
       `[B * num_return_sequences, T + n]` int32: the prompts as given, then the generated tokens, finished rows
       padded with `pad_token_id` (HF's layout; `n` is the number of steps taken).
+    Raises:
+      ValueError for bad inputs or options, before anything compiles: among them, lengths past a learned position
+      table (GPT-2's `n_positions`) or past int32 sizes, and a pad id outside the vocabulary that would be fed to
+      the model. `jaxformers.core.preflight.InsufficientMemoryError` (a ValueError and a MemoryError) when the
+      estimated KV cache, or the prefill's attention, needs more memory than the device has available. A failure
+      of the compiled programs (or of compiling them) is raised here too.
     """
     out = None
     for item in _generate(model, input_ids, attention_mask, generation_config, key, chunk_steps, unroll_layers,
@@ -153,11 +162,16 @@ class _Final:
 
 
 def _generate(model, input_ids, attention_mask, generation_config, key, chunk_steps, unroll, kwargs, *, streaming):
+    chunk_steps = _check_chunk_steps(chunk_steps)
     cfg = _settings(model, generation_config, kwargs)
     ids, mask = _check_inputs(model, input_ids, attention_mask)
-    b, t = ids.shape
+    facts = _model_facts(model)
+    t = ids.shape[1]
     max_new = cfg.max_length_for(t, getattr(model.config, "max_position_embeddings", None)) - t
-    _check_context(model, t, max_new)
+    tb = max(MIN_PROMPT_BUCKET, 1 << (t - 1).bit_length())
+    cache_len = tb + new_tokens_bucket(max_new)
+    _check_int32(t, max_new, tb, cache_len)
+    _check_context(model, facts, t, max_new)
     nb = cfg.num_beams
     if streaming and nb > 1:
         raise ValueError("streaming does not support beam search (num_beams > 1), as in transformers")
@@ -165,21 +179,25 @@ def _generate(model, input_ids, attention_mask, generation_config, key, chunk_st
     if expand > 1:  # sampling several sequences per prompt: HF repeats each prompt
         ids, mask = np.repeat(ids, expand, axis=0), np.repeat(mask, expand, axis=0)
     rows = ids.shape[0]
+    vocab = model.config.vocab_size
+    cfg.check_token_ids(vocab, rows)
     # shape buckets: extra rows of padding, extra padding columns on the left (never part of HF's input_ids)
     bb = next((x for x in BATCH_BUCKETS if x >= rows), rows)
-    tb = max(MIN_PROMPT_BUCKET, 1 << (t - 1).bit_length())
+    graphdef, state = nnx.split(model)
+    _check_memory(model, state, facts, bb, nb, tb, cache_len)
     start = tb - t
+    # bucket padding and the filler rows' one token are masked and never returned, but the prefill embeds them: an
+    # id outside the vocabulary (a pad_token_id HF never feeds to the model) would give NaN there
     pad = decode.pad_id(cfg)
-    ids_b = np.full((bb, tb), pad, np.int32)
+    filler = pad if 0 <= pad < vocab else 0
+    ids_b = np.full((bb, tb), filler, np.int32)
     mask_b = np.zeros((bb, tb), np.int32)
     ids_b[:rows, start:], mask_b[:rows, start:] = ids, mask
     mask_b[rows:, -1] = 1  # filler rows: one real token, so they are ordinary rows (their output is dropped)
-    cache_len = tb + new_tokens_bucket(max_new)
     if isinstance(key, int) or key is None:
         key = jax.random.key(0 if key is None else key)
 
     static = _static_config(cfg)
-    graphdef, state = nnx.split(model)
     common = {"cfg": static, "cache_len": cache_len, "buf_len": cache_len, "unroll": unroll}
     start_fn = _beam_start if nb > 1 else _greedy_start
     run_fn = _beam_run if nb > 1 else _greedy_run
@@ -192,13 +210,13 @@ def _generate(model, input_ids, attention_mask, generation_config, key, chunk_st
     loop = _compile_loop_early(start_fn, (graphdef, state, *args), common, run_fn, (dgraph, dstate), static)
     st = start_fn(graphdef, state, *args, **common)
     if loop is not None:
-        loop.result()
+        loop.result()  # re-raises a failure of the background compile here, with its traceback
     if not streaming:
-        st = run_fn(dgraph, dstate, st, max_new, cfg=static)
+        st = _ready(run_fn(dgraph, dstate, st, max_new, cfg=static), cache_len)
     else:
         done = 0
         while True:
-            st = run_fn(dgraph, dstate, st, done + chunk_steps, cfg=static)
+            st = _ready(run_fn(dgraph, dstate, st, done + chunk_steps, cfg=static), cache_len)
             step = int(st.step)
             new = np.asarray(st.hist.ids[:rows, tb + done : tb + step])
             done = step
@@ -218,8 +236,9 @@ def _compile_loop_early(start_fn, start_args, common, run_fn, dmodel, cfg) -> co
     the prefill: XLA releases the GIL while compiling, so the two compilations overlap (the loop's is the larger,
     2-3 s for a 12-layer model on XLA:CPU). The loop's input shapes come from tracing the prefill (`eval_shape`);
     the jit cache then serves the real call. Skipped for sharded weights (the traced shapes carry no shardings,
-    so the call would compile again) and once a shape has been seen. A failure here is left to the real call."""
-    graphdef, state = start_args[:2]
+    so the call would compile again) and once a shape has been seen. A failure here is stored in the future and
+    re-raised by the caller's `result()`, with this thread's traceback: never logged and dropped."""
+    state = start_args[1]
     sig = (run_fn, dmodel[0], cfg, common["cache_len"], tuple(np.shape(a) for a in start_args[2:5]))
     if sig in _LOOPS_SEEN or any(len(x.sharding.device_set) > 1 for x in jax.tree.leaves(state)):
         return None
@@ -228,12 +247,27 @@ def _compile_loop_early(start_fn, start_args, common, run_fn, dmodel, cfg) -> co
     stop = 1  # a Python int, as every call passes: traced as a weak int32 scalar
 
     def work():
-        try:
-            run_fn.lower(*dmodel, st_shape, stop, cfg=cfg).compile()
-        except Exception as e:  # noqa: BLE001 - the real call compiles again and reports it
-            log.debug("early compile of the decode loop failed: %s", e)
+        run_fn.lower(*dmodel, st_shape, stop, cfg=cfg).compile()
 
     return _COMPILER.submit(work)
+
+
+def _ready(st, cache_len: int):
+    """`st` once computed; a failure of the program that computes it (e.g. out of memory) raised here.
+
+    Reading a value from the output of a failed program can block forever instead of raising (seen on XLA:CPU with
+    jaxlib 0.10: the prefill ran out of memory, the decode loop fed on its outputs, and `int(st.step)` never
+    returned), while `block_until_ready` raises the error. The host reads `st` right after anyway (the final tokens,
+    or a streamed chunk), so this adds no synchronisation."""
+    try:
+        return jax.block_until_ready(st)
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" in str(e) or "Out of memory" in str(e):
+            e.add_note(
+                f"generate ran out of memory with a KV cache of {cache_len} positions: lower max_new_tokens, the "
+                "prompt length or the batch size (see jaxformers.core.preflight.available_memory_bytes)"
+            )
+        raise
 
 
 def new_tokens_bucket(n: int) -> int:
@@ -305,23 +339,149 @@ def _check_inputs(model, input_ids, attention_mask):
     return ids.astype(np.int32), mask
 
 
-def _check_context(model, prompt_len: int, max_new: int) -> None:
-    cfg = model.config
-    context = getattr(cfg, "max_position_embeddings", None)
+def _check_chunk_steps(chunk_steps) -> int:
+    # 0 or fewer steps per chunk would make no progress: the streaming loop would spin forever
+    if isinstance(chunk_steps, bool) or not isinstance(chunk_steps, (int, np.integer)):
+        raise TypeError(
+            f"chunk_steps must be an int >= 1 (decode steps per streamed chunk), got {chunk_steps!r} of type "
+            f"{type(chunk_steps).__name__}"
+        )
+    if chunk_steps < 1:
+        raise ValueError(
+            f"chunk_steps must be >= 1 (decode steps per streamed chunk), got {chunk_steps}; use e.g. chunk_steps=8"
+        )
+    return int(chunk_steps)  # a Python int, as the loop's `stop` always is (a numpy int would trace differently)
+
+
+class _ModelFacts(NamedTuple):
+    """What generation's size checks need to know of a model, read from its parameters' logical axes."""
+
+    heads: int | None  # query heads (the "heads" axis)
+    head_dim: int | None
+    attn_impl: str  # the attention implementation its layers request
+    positions: int | None  # size of a learned position table (the "pos" axis): a hard limit on positions
+
+
+def _model_facts(model) -> _ModelFacts:
+    found: dict[str, int] = {}
+    impl = "auto"
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Param):
+            axes, shape = node.get_metadata().get("axes") or (), node.shape
+            if len(axes) == len(shape):
+                for name, size in zip(axes, shape):
+                    found.setdefault(name, size)
+        elif isinstance(node, nnx.Module) and isinstance(getattr(node, "impl", None), str):
+            impl = node.impl  # attention modules keep `Options.attn_impl` as `impl`
+    return _ModelFacts(found.get("heads"), found.get("head_dim"), impl, found.get("pos"))
+
+
+INT32_LIMIT = 2**31  # positions, cache slots and step counts are int32 in the compiled programs
+
+
+def _check_int32(prompt_len: int, max_new: int, tb: int, cache_len: int) -> None:
+    if cache_len < INT32_LIMIT:
+        return
+    lo, hi = 0, INT32_LIMIT  # the largest max_new_tokens whose cache fits: buckets grow with n, so bisect
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if tb + new_tokens_bucket(mid) < INT32_LIMIT else (lo, mid - 1)
+    raise ValueError(
+        f"max_new_tokens={max_new} with a {prompt_len}-token prompt needs a KV cache of {cache_len} positions "
+        f"(prompt bucket {tb} + {cache_len - tb} new-token slots), but positions, cache slots and step counters are "
+        f"int32: the cache must stay below 2**31 = {INT32_LIMIT} positions. Lower max_new_tokens (or max_length) to "
+        f"at most {lo}; memory will be the tighter limit long before that"
+    )
+
+
+def _check_context(model, facts: _ModelFacts, prompt_len: int, max_new: int) -> None:
+    """A model with a learned position table (GPT-2's `n_positions`) has no embedding past it: transformers fails
+    with an IndexError there, so refuse up front. RoPE models accept any position (transformers allows it): warn."""
+    context = facts.positions
+    hard = context is not None
+    if context is None:
+        context = getattr(model.config, "max_position_embeddings", None)
     if context is None:
         return
     if prompt_len > context:
-        raise ValueError(
-            f"the prompt ({prompt_len} tokens) is longer than the model's context ({context} positions); "
-            "truncate it (tokenizer(..., truncation=True, max_length=...))"
-        )
-    if prompt_len + max_new > context:
-        msg = (
-            f"prompt ({prompt_len}) + max_new_tokens ({max_new}) exceeds the model's context ({context} positions)"
-        )
-        if cfg.model_type == "gpt2":  # learned absolute positions: there is no embedding past the context
+        msg = f"the prompt ({prompt_len} tokens) is longer than the model's context ({context} positions)"
+        if hard:
+            raise ValueError(msg + "; truncate it (tokenizer(..., truncation=True, max_length=...))")
+        log.warning("%s; outputs past the context are not meaningful", msg)
+    elif prompt_len + max_new > context:
+        msg = f"prompt ({prompt_len}) + max_new_tokens ({max_new}) exceeds the model's context ({context} positions)"
+        if hard:  # learned absolute positions: there is no embedding past the context
             raise ValueError(msg + f"; lower max_new_tokens to at most {context - prompt_len}")
         log.warning("%s; outputs past the context are not meaningful", msg)
 
 
-__all__ = ["GenerationConfig", "TRACES", "generate", "stream"]
+def _check_memory(model, state, facts: _ModelFacts, bb: int, nb: int, tb: int, cache_len: int) -> None:
+    """Refuse, before compiling, a run whose KV cache or prefill attention cannot fit in the memory available.
+
+    Otherwise XLA fails at run time (a `JaxRuntimeError` about a dispatch failure and an allocation of some bytes),
+    after the compilations. Estimates: the cache at its bucketed size (`bb * nb` rows; beam search also holds the
+    prefill's `bb`-row cache while it replicates it), the token history, and the prefill's attention intermediates
+    (`preflight.estimate_attention_bytes` for the implementation that runs), one layer at a time. Model weights
+    are already allocated, so they are not counted (nor is the decode layout's copy of the layer weights)."""
+    leaves = jax.tree.leaves(jax.eval_shape(lambda: model.init_cache(bb * nb, cache_len)))
+    cache_bytes = sum(x.size * x.dtype.itemsize for x in leaves)
+    if nb > 1:
+        cache_bytes += cache_bytes // nb
+    hist_bytes = 4 * bb * nb * cache_len * (1 if nb == 1 else 4)  # beams: running, finished and candidate buffers
+    attn = _prefill_attention(facts, max(leaves, key=lambda x: x.ndim), bb, tb, cache_len)
+    devices = {d for x in jax.tree.leaves(state) for d in x.sharding.device_set}
+    device = min(devices, key=lambda d: d.id)
+    available = preflight.available_memory_bytes(device)
+    if available is None:  # the backend does not say: nothing to compare with
+        return
+    share, where = 1, "in host RAM"
+    if device.platform != "cpu":
+        where = f"on {device}"
+        if len(devices) > 1:  # sharded weights: the cache and activations are split over the devices too
+            share, where = len(devices), f"per device on {len(devices)} devices"
+            available = min(preflight.available_memory_bytes(d) or available for d in devices)
+    fmt = preflight.format_bytes
+    sizes = f"batch bucket {bb}" + (f" x {nb} beams" if nb > 1 else "")
+    sizes += f", cache of {cache_len} positions = prompt bucket {tb} + {cache_len - tb} new-token slots"
+    held = (cache_bytes + hist_bytes) / share
+    if held > available:
+        raise preflight.InsufficientMemoryError(
+            f"generate needs about {fmt(held)} for the KV cache and token history ({sizes}), but only "
+            f"{fmt(available)} is available {where}. Lower max_new_tokens, the batch size, num_beams or the prompt "
+            "length"
+        )
+    if attn is not None and held + attn[0] / share > available:
+        attn_bytes, detail, fix = attn
+        raise preflight.InsufficientMemoryError(
+            f"the prefill attention needs about {fmt(attn_bytes / share)} ({detail}) on top of {fmt(held)} for the "
+            f"KV cache and token history ({sizes}): {fmt(held + attn_bytes / share)} in all, but only "
+            f"{fmt(available)} is available {where}. Use a shorter prompt or a smaller batch{fix}"
+        )
+
+
+def _prefill_attention(facts: _ModelFacts, kv, bb: int, tb: int, cache_len: int) -> tuple[int, str, str] | None:
+    """Bytes of the prefill's attention intermediates per layer, what they are, and what else would reduce them."""
+    if facts.heads is None:
+        return None
+    h = facts.head_dim or kv.shape[-1]
+    q = jax.ShapeDtypeStruct((bb, tb, facts.heads, h), kv.dtype)
+    k = jax.ShapeDtypeStruct((bb, cache_len, kv.shape[-2], h), kv.dtype)
+    # the prefill writes the prompt into the cache at a traced offset (the cache's index) and attends over all of
+    # the cache: that is the call to plan, with the implementation the model's layers request
+    call = {"causal": True, "q_offset": jax.ShapeDtypeStruct((), jnp.int32),
+            "key_mask": jax.ShapeDtypeStruct((bb, cache_len), jnp.bool_)}  # fmt: skip
+    plan = attention_plan(q, k, k, impl=facts.attn_impl, **call)
+    n = preflight.estimate_attention_bytes(bb, facts.heads, tb, cache_len, plan.impl, kv.dtype, head_dim=h)
+    detail = f"{plan.impl!r} attention over [{bb}, {facts.heads}, {tb}, {cache_len}] logits per layer"
+    fix = ""
+    if plan.impl == "xla":
+        flash = attention_plan(q, k, k, impl="pallas", **call)
+        fix = (
+            "; or load the model with attn_impl='pallas' (flash attention)"
+            if flash.impl != "xla"
+            else f" (no flash kernel covers generate's prefill into the cache: {flash.reason})"
+        )
+    return n, detail, fix
+
+
+__all__ = ["TRACES", "GenerationConfig", "generate", "stream"]

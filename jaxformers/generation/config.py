@@ -370,6 +370,29 @@ class GenerationConfig:
                     )
         return self
 
+    def check_token_ids(self, vocab_size: int, rows: int) -> GenerationConfig:
+        """Check the special token ids against the model's vocabulary, as transformers 5.x treats them; return self.
+
+        `eos_token_id` ids outside `[0, vocab_size)` are allowed: the model never produces them, so generation runs
+        to its length limit, as in HF. The pad token (`pad_token_id`, else the first EOS id) is written after a row
+        finishes; in greedy and sampling decoding HF also feeds it to the model for the rows that finished while
+        others run, and an id outside the vocabulary then fails in the embedding (IndexError). That case is refused
+        here, before anything runs: a batch of `rows > 1` rows, no beams, an EOS id the model can produce. Beam
+        search never feeds the pad to the model and only writes it into the output, as HF does.
+        """
+        pad = self.generation_pad_token_id
+        if pad is None or 0 <= pad < vocab_size or self.num_beams > 1 or rows < 2:
+            return self
+        if not any(0 <= e < vocab_size for e in self.eos_token_ids):
+            return self
+        origin = "pad_token_id" if self.pad_token_id is not None else "the first eos_token_id (used as the pad)"
+        raise ValueError(
+            f"{origin} is {pad}, outside the vocabulary [0, {vocab_size}): a row that finishes while others run is "
+            f"padded with it and fed to the model, which has no embedding for it (transformers fails there with "
+            f"an IndexError). Pass pad_token_id= an id in [0, {vocab_size}), e.g. the tokenizer's pad_token_id or "
+            "eos_token_id."
+        )
+
 
 def resolve(base: Any = None, /, **overrides) -> GenerationConfig:
     """The generation config `generate(**overrides)` runs with: `overrides` > `base` (the model's generation config,

@@ -170,6 +170,10 @@ def greedy_run(graphdef, state, st: _GreedyState, stop, *, cfg: GenerationConfig
     warp = proc.logits_warper(cfg) if cfg.do_sample else None
     limit = jnp.minimum(jnp.asarray(stop, jnp.int32), st.max_new)
     max_len = st.hist.prompt_len + st.max_new  # HF's max_length (max_new is derived from it on the host)
+    # finished rows are written `pad` (HF's output) but their next forward is never read: with a pad outside the
+    # vocabulary (which `check_token_ids` allows only where HF never feeds it), feed them token 0 instead, so the
+    # embedding never sees an id it has no row for
+    pad_in_vocab = 0 <= pad_id(cfg) < st.logits.shape[-1]
 
     def cond(s: _GreedyState):
         return (s.step < limit) & ~jnp.all(s.finished)
@@ -188,9 +192,8 @@ def greedy_run(graphdef, state, st: _GreedyState, stop, *, cfg: GenerationConfig
         # the next token's logits are needed whenever generation goes on, also past this call's `stop` (a streaming
         # chunk's end): the next call starts from them
         more = (step < s.max_new) & ~jnp.all(finished)
-        logits, cache = jax.lax.cond(
-            more, lambda: _forward(model, tokens[:, None], s.cache), lambda: (s.logits, s.cache)
-        )
+        fed = tokens if pad_in_vocab else jnp.where(s.finished, 0, tokens)
+        logits, cache = jax.lax.cond(more, lambda: _forward(model, fed[:, None], s.cache), lambda: (s.logits, s.cache))
         return s.replace(hist=hist, cache=cache, logits=logits, finished=finished, key=key, step=step)
 
     return jax.lax.while_loop(cond, body, st)
