@@ -1,69 +1,11 @@
-"""Running a `Stacked` decoder over its layers with an optional KV cache: scanned or unrolled, one place.
-
-Every decoder architecture calls `run_layers`; the choice of layout (scan for compile time and training, unrolled
-for decode speed) and how the cache is threaded through are decided here, not per model.
-"""
+"""What decoder-only architectures share before their layer stack (the stack itself is `core.stack.run_layers`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
-import jax.numpy as jnp
 
-from jaxformers.core.cache import KVCache
-from jaxformers.core.layers import Stacked
 from jaxformers.core.modeling import positions_from_mask
-
-NO_WINDOW = 2**30  # "no sliding window" as a number, for layers mixed with windowed ones under scan
-
-
-def run_layers(
-    layers: Stacked,
-    x,
-    call: Callable,
-    *,
-    cache: KVCache | None,
-    scan: bool,
-    remat: bool = False,
-    windows: tuple[int | None, ...] | None = None,
-):
-    """Apply `call(layer, x, kv, window) -> (x, kv)` layer by layer.
-
-    kv is None without a cache, else the layer's `(k [B, S, K, H], v)`; the cache may be stacked `[L, ...]` or
-    per layer (`KVCache.per_layer`, unrolled only). windows: per-layer sliding window (None =
-    full attention); passed as a Python value when all layers agree, as a scanned int array otherwise.
-    Returns `(x, hidden_states tuple, cache)`.
-    """
-    windows = windows or (None,) * layers.n
-    uniform = len(set(windows)) == 1
-    if scan:
-        if cache is not None and cache.per_layer:
-            raise ValueError("a per-layer KV cache needs unrolled layers (scan_layers=False or unstack_layers)")
-        w_xs = None if uniform else jnp.asarray([NO_WINDOW if w is None else w for w in windows], jnp.int32)
-        kv_xs = None if cache is None else (cache.k, cache.v)
-
-        def body(layer, carry, xs):
-            kv, w = xs
-            y, kv = call(layer, carry, kv, windows[0] if uniform else w)
-            return y, (y, kv)
-
-        x, (hs, kv) = layers.scan(body, x, (kv_xs, w_xs), remat=remat)
-        if cache is not None:
-            cache = cache.replace(k=kv[0], v=kv[1])
-        return x, tuple(hs[i] for i in range(hs.shape[0])), cache
-    hs, ks, vs = [], [], []
-    for i in range(layers.n):
-        kv = None if cache is None else (cache.k[i], cache.v[i])
-        x, kv = call(layers.layer(i), x, kv, windows[i])
-        if cache is not None:
-            ks.append(kv[0])
-            vs.append(kv[1])
-        hs.append(x)
-    if cache is not None:
-        per_layer = cache.per_layer
-        cache = cache.replace(k=tuple(ks) if per_layer else jnp.stack(ks), v=tuple(vs) if per_layer else jnp.stack(vs))
-    return x, tuple(hs), cache
+from jaxformers.core.stack import NO_WINDOW, run_layers  # noqa: F401  (re-exported for decoder files)
 
 
 def decoder_positions(key_mask, q_offset, t: int):

@@ -33,6 +33,7 @@ How they are checked depends on whether the inputs are concrete:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar
 
 import jax
@@ -43,13 +44,18 @@ from jax.experimental import checkify
 
 
 class PreTrainedModel(nnx.Module):
-    """Base of every jaxformers model. Class attributes tie it to its config, HF names and weight table.
+    """Base of every jaxformers model. Class attributes declare what it is; loading, generation and tasks read these
+    (and the file's `Architecture` record), never `hasattr`.
 
     config_class: the architecture's config dataclass. hf_architecture: HF class name written to config.json.
     hf_prefix: HF key prefix of the base model inside head checkpoints (`bert`, `model`, `transformer`).
     base_attr: attribute holding the base model in head classes (None for the base model itself).
-    hf_weights: the declarative conversion table of the model file.
+    hf_weights: the declarative conversion table of the model file (bound by its `Architecture` record).
     init_if_missing: base-model parameter prefixes that are freshly initialised (with a warning) when absent.
+    task: the task name this class serves ("base", "causal-lm", ...: `models.TASK_NAMES`), bound by the record.
+    is_decoder: runs causally with a KV cache (`init_cache`, `cache=`). is_encoder_decoder: seq2seq.
+    can_generate: `jf.generate` accepts it (a causal or seq2seq LM head); it then carries `generation_config`.
+    main_input_name: the input a task feeds first ("input_ids").
     """
 
     config_class: ClassVar[type]
@@ -58,7 +64,12 @@ class PreTrainedModel(nnx.Module):
     base_attr: ClassVar[str | None] = None
     hf_weights: ClassVar[tuple] = ()
     init_if_missing: ClassVar[tuple[str, ...]] = ()  # base-model path prefixes a checkpoint may lack (BERT pooler)
-    generation_config = None  # causal LMs: the checkpoint's GenerationConfig, set by the loader (jf.generate reads it)
+    task: ClassVar[str] = ""
+    is_decoder: ClassVar[bool] = False
+    is_encoder_decoder: ClassVar[bool] = False
+    can_generate: ClassVar[bool] = False
+    main_input_name: ClassVar[str] = "input_ids"
+    generation_config = None  # generating heads: the checkpoint's GenerationConfig, set by the loader
 
     @classmethod
     def from_pretrained(cls, name_or_path, **kwargs):
@@ -72,6 +83,47 @@ class PreTrainedModel(nnx.Module):
         from jaxformers.loading import save_pretrained
 
         save_pretrained(self, directory)
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """The one record a model file exports (as `ARCHITECTURE`); `jaxformers.models` reads nothing else.
+
+    name: the family (file) name. config_class: its config dataclass. weights: the HF weight table.
+    classes: `{model_type: {task: class}}` for every HF `model_type` the file implements (families that HF writes as
+      copies, e.g. llama/mistral/qwen2/gemma, or roberta/xlm-roberta, share one file and one weight table).
+    gguf_names: GGUF tensor-name table where the family has GGUF checkpoints (None otherwise).
+    Creating the record binds each class to it (`hf_weights`, `task`), so a class knows its table without a loop in
+    the model file.
+    """
+
+    name: str
+    config_class: type
+    weights: tuple
+    classes: dict[str, dict[str, type]]
+    gguf_names: tuple | None = None
+
+    def __post_init__(self):
+        for tasks in self.classes.values():
+            if "base" not in tasks:
+                raise ValueError(f"architecture {self.name}: every model type needs a 'base' class")
+            for task, cls in tasks.items():
+                if cls.config_class is not self.config_class:
+                    raise ValueError(f"{cls.__name__}.config_class is not {self.config_class.__name__}")
+                cls.hf_weights, cls.task = self.weights, task
+
+    @property
+    def model_types(self) -> tuple[str, ...]:
+        return tuple(self.classes)
+
+    def tasks(self, model_type: str) -> dict[str, type]:
+        """`{task: class}` for `model_type` (a clear error names the supported ones)."""
+        if model_type not in self.classes:
+            raise ValueError(f"{self.name} implements model types {sorted(self.classes)}, not {model_type!r}")
+        return self.classes[model_type]
+
+    def all_classes(self) -> list[type]:
+        return [cls for tasks in self.classes.values() for cls in tasks.values()]
 
 
 def is_traced(x) -> bool:

@@ -162,7 +162,7 @@ class GPT2Model(PreTrainedModel):
         x = constrain(self.wte(input_ids) + self.wpe(position_ids), ACT_BTD)
         emb = x
 
-        def call(layer, h, kv, window):
+        def call(layer, h, kv, window, key):
             return layer(h, key_mask, q_offset, kv)
 
         x, hs, cache = run_layers(self.h, x, call, cache=cache, scan=self.scan, remat=self.remat)

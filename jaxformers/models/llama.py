@@ -238,7 +238,7 @@ class LlamaModel(PreTrainedModel):
         return BaseModelOutput(last_hidden_state=x, hidden_states=hidden, cache=cache)
 
     def _layers(self, x, cos, sin, key_mask, q_offset, cache):
-        def call(layer, h, kv, window):
+        def call(layer, h, kv, window, key):
             return layer(h, cos, sin, key_mask, q_offset, kv, window)
 
         return run_layers(
