@@ -4,6 +4,9 @@ from __future__ import annotations
 
 
 class _AutoModel:
+    """Each subclass names one task of `jaxformers.models.TASK_NAMES`; the checkpoint's model type (config.json)
+    picks the architecture, whose record gives the class for that task."""
+
     task = "base"
 
     def __init__(self, *args, **kwargs):
@@ -39,3 +42,7 @@ class AutoModelForTokenClassification(_AutoModel):
 
 class AutoModelForQuestionAnswering(_AutoModel):
     task = "question-answering"
+
+
+class AutoModelForPreTraining(_AutoModel):
+    task = "pretraining"  # e.g. ELECTRA's discriminator (HF ElectraForPreTraining)

@@ -107,8 +107,8 @@ GENERATION_CONFIG = "generation_config.json"
 
 def _with_generation_config(model, settings: dict):
     """Attach the checkpoint's generation settings (`generation_config.json` if present, else the model config, as
-    transformers reads them) to causal LMs, where `jf.generate` picks them up."""
-    if hasattr(model, "init_cache") and hasattr(model, "lm_head"):
+    transformers reads them) to the classes that declare `can_generate`, where `jf.generate` picks them up."""
+    if model.can_generate:
         from jaxformers.generation.config import GenerationConfig
 
         model.generation_config = GenerationConfig.from_model_config(settings)
@@ -175,23 +175,26 @@ def _weights_source(name_or_path, hub_opts: hub.HubOptions, allow_pickle: bool):
 
 
 def _choose_class(config: dict, model_class, task):
+    """The class to build, from the registry's record for the checkpoint's `model_type`: `model_class` if given (it
+    must be one of that model type's config), else the class of `task`, else the one config.json's `architectures`
+    names, else the base model."""
     model_type = config.get("model_type")
     if model_type is None:
         raise ValueError("config.json has no 'model_type'; cannot tell which architecture this checkpoint is")
-    module = models.architecture(model_type)
+    tasks = models.architecture(model_type).tasks(model_type)
     if model_class is not None:
-        if model_class.config_class is not models.config_class(model_type):
+        if getattr(model_class, "config_class", None) is not tasks["base"].config_class:
+            names = ", ".join(c.__name__ for c in tasks.values())
             raise ValueError(
-                f"checkpoint is a {model_type!r} model but {model_class.__name__} was requested; "
-                f"use the Auto classes or a {model_type} class"
+                f"checkpoint is a {model_type!r} model but {getattr(model_class, '__name__', model_class)} was "
+                f"requested; use the Auto classes or a {model_type} class ({names})"
             )
         return model_class
     if task is not None:
         return models.model_class(model_type, task)
-    tasks = module.tasks_for(model_type) if hasattr(module, "tasks_for") else module.TASKS
     for arch in config.get("architectures") or ():
         for cls in tasks.values():
-            if getattr(cls, "hf_architecture", None) == arch or cls.__name__ == arch:
+            if arch in (cls.hf_architecture, cls.__name__):
                 return cls
     return tasks["base"]
 
@@ -222,6 +225,11 @@ def _preflight(abstract, mesh, rules) -> None:
 
 
 def _build(cls, cfg, source, options: Options, mesh, rules):
+    if not cls.hf_weights:  # bound by the model file's `ARCHITECTURE` record (`core.modeling.Architecture`)
+        raise TypeError(
+            f"{cls.__name__} has no HF weight table: it is not listed in its model file's ARCHITECTURE record. "
+            "List it there (classes={model_type: {task: cls}}), or subclass a listed class"
+        )
     abstract = abstract_model(cls, cfg, options)
     _preflight(abstract, mesh, rules)
     graphdef, abs_state = nnx.split(abstract)

@@ -1,6 +1,7 @@
-"""Time a BERT-base-sized encoder forward in jaxformers and in transformers/PyTorch, in the same run.
+"""Time a base-sized encoder forward in jaxformers and in transformers/PyTorch, in the same run.
 
     python scripts/bench_forward.py               # BERT-base: 12 layers, hidden 768, batch 8 x 128, fp32
+    python scripts/bench_forward.py --arch roberta        # also deberta-v2, modernbert (their base shapes)
     python scripts/bench_forward.py --batch 8 --seq 128 --repeats 20
     python scripts/bench_forward.py --layers 1 --hidden 32 --batch 1 --seq 8 --repeats 5   # smoke run (tests)
 
@@ -11,14 +12,46 @@ achieved fp32 GFLOP/s of each, and jaxformers' compile time separately.
 from __future__ import annotations
 
 import argparse
+import platform
 import statistics
 import tempfile
 import time
 
+# HF config class, model class and the base-sized config fields of each architecture (random weights)
+ARCHS = {
+    "bert": ("BertConfig", "BertModel", {}),
+    "roberta": ("RobertaConfig", "RobertaModel", {"vocab_size": 50265, "max_position_embeddings": 514,
+                                                  "pad_token_id": 1, "type_vocab_size": 1}),
+    "deberta-v2": ("DebertaV2Config", "DebertaV2Model", {"vocab_size": 128100, "relative_attention": True,
+                                                         "position_buckets": 256, "norm_rel_ebd": "layer_norm",
+                                                         "share_att_key": True, "pos_att_type": ["p2c", "c2p"],
+                                                         "position_biased_input": False, "max_relative_positions": -1,
+                                                         "type_vocab_size": 0, "layer_norm_eps": 1e-7}),
+    "modernbert": ("ModernBertConfig", "ModernBertModel", {"vocab_size": 50368, "intermediate_size": 1152,
+                                                           "num_hidden_layers": 22, "global_attn_every_n_layers": 3,
+                                                           "local_attention": 128, "hidden_activation": "gelu"}),
+}  # fmt: skip
+
+
+def cpu_description() -> str:
+    """CPU model and the widest x86 vector ISA it offers (AVX2 / AVX-512 / AMX), from /proc/cpuinfo."""
+    try:
+        info = open("/proc/cpuinfo").read()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
+    isa = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"),
+                                   ("amx_tile", "AMX")) if flag in flags]  # fmt: skip
+    return f"{model} ({', '.join(isa) or 'no AVX2'})"
+
 
 def flops(cfg, b: int, t: int) -> float:
+    """Matmul FLOPs of the main path (GeGLU MLPs count their doubled input projection; DeBERTa's relative terms and
+    ModernBERT's windows are not counted, so their GFLOP/s are comparable between the two frameworks only)."""
     d, f, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
-    per_layer = 2 * b * t * (4 * d * d + 2 * d * f) + 2 * 2 * b * t * t * d
+    mlp = 3 * d * f if cfg.get("_glu") else 2 * d * f
+    per_layer = 2 * b * t * (4 * d * d + mlp) + 2 * 2 * b * t * t * d
     return layers * per_layer + 2 * b * d * d  # + pooler
 
 
@@ -33,11 +66,12 @@ def timeit(fn, repeats: int) -> list[float]:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", choices=sorted(ARCHS), default="bert")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--layers", type=int, default=12)
-    ap.add_argument("--hidden", type=int, default=768, help="hidden size (intermediate = 4x)")
+    ap.add_argument("--layers", type=int, default=None, help="layers (default: the architecture's base size)")
+    ap.add_argument("--hidden", type=int, default=768, help="hidden size (intermediate = 4x, ModernBERT 1.5x)")
     ap.add_argument("--heads", type=int, default=None, help="attention heads (default: hidden / 64, at least 1)")
     args = ap.parse_args()
     heads = args.heads or max(1, args.hidden // 64)
@@ -51,14 +85,23 @@ def main():
 
     import jaxformers as jf
 
-    cfg = dict(hidden_size=args.hidden, num_attention_heads=heads, intermediate_size=4 * args.hidden,
-               num_hidden_layers=args.layers)  # fmt: skip
+    config_name, model_name, base = ARCHS[args.arch]
+    cfg = {"hidden_size": args.hidden, "num_attention_heads": heads, "intermediate_size": 4 * args.hidden,
+           "num_hidden_layers": 12, **base}  # fmt: skip
+    if args.arch == "modernbert":
+        cfg["intermediate_size"] = 3 * args.hidden // 2
+    if args.layers is not None:
+        cfg["num_hidden_layers"] = args.layers
     rng = np.random.RandomState(0)
-    ids = rng.randint(0, 30522, (args.batch, args.seq)).astype(np.int32)
+    vocab = cfg.get("vocab_size", 30522)
+    ids = rng.randint(4, vocab, (args.batch, args.seq)).astype(np.int32)  # above the special ids (pad = 1 in RoBERTa)
     mask = np.ones_like(ids)
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
-        ref = transformers.BertModel(transformers.BertConfig(**cfg)).eval()
+        hf_cfg = getattr(transformers, config_name)(**cfg)
+        if args.arch == "modernbert":
+            hf_cfg._attn_implementation = "sdpa"  # its fastest CPU path (flash attention needs a GPU)
+        ref = getattr(transformers, model_name)(hf_cfg).eval()
         ref.save_pretrained(tmp)
         model = jf.AutoModel.from_pretrained(tmp)
 
@@ -86,10 +129,12 @@ def main():
     with torch.inference_mode():
         want = ref(input_ids=tid, attention_mask=tmask).last_hidden_state.numpy()
     diff = np.abs(np.asarray(fwd(params, ids, mask)) - want).max()
-    gf = flops(cfg, args.batch, args.seq) / 1e9
-    size = "BERT-base-sized" if (args.hidden, heads) == (768, 12) else f"hidden {args.hidden}, {heads} heads"
-    print(f"{size} encoder forward, batch {args.batch} x {args.seq}, fp32, {args.layers} layers")
-    print(f"  torch threads: {torch.get_num_threads()}, jax devices: {jax.devices()}")
+    gf = flops({**cfg, "_glu": args.arch == "modernbert"}, args.batch, args.seq) / 1e9
+    size = "base-sized" if (args.hidden, heads) == (768, 12) else f"hidden {args.hidden}, {heads} heads"
+    layers = cfg["num_hidden_layers"]
+    print(f"{args.arch} {size} encoder forward, batch {args.batch} x {args.seq}, fp32, {layers} layers")
+    print(f"  cpu: {cpu_description()}")
+    print(f"  torch {torch.__version__} threads: {torch.get_num_threads()}, jax {jax.__version__} devices: {jax.devices()}")
     print(f"  {'impl':<14}{'median ms':>12}{'seq/s':>10}{'GFLOP/s':>10}")
     print(f"  {'jaxformers':<14}{a * 1e3:>12.1f}{args.batch / a:>10.1f}{gf / a:>10.1f}")
     print(f"  {'pytorch':<14}{b * 1e3:>12.1f}{args.batch / b:>10.1f}{gf / b:>10.1f}")

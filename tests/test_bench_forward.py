@@ -7,15 +7,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_forward.py"
 
 
-def test_bench_forward_smoke():
-    args = ["--layers", "1", "--hidden", "32", "--batch", "1", "--seq", "8", "--repeats", "5"]
+@pytest.mark.parametrize("arch", ["bert", "roberta", "deberta-v2", "modernbert"])
+def test_bench_forward_smoke(arch):
+    args = ["--arch", arch, "--layers", "1", "--hidden", "32", "--batch", "1", "--seq", "8", "--repeats", "5"]
     run = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     out = run.stdout
     assert re.search(r"^  ratio \(pytorch time / jaxformers time\): \d+\.\d{3}$", out, re.M), out
+    assert re.search(rf"^{arch} .* encoder forward", out, re.M) and re.search(r"^  cpu: .+", out, re.M), out
     assert re.search(r"^  jaxformers compile time: \d+\.\d+ s", out, re.M), out  # its own line, not in the ratio
     diff = float(re.search(r"max \|diff\| vs pytorch: (\S+)", out).group(1))
     assert diff < 1e-2, out  # loose: a smoke check (accelerators may run fp32 matmuls at reduced precision)

@@ -1,7 +1,10 @@
 """jaxformers.tokenization against transformers' AutoTokenizer on the same files, computed at test time.
 
 Vocabularies: all-MiniLM-L6-v2 (tokenizer.json, and vocab.txt alone), GPT-2 vocab.json + merges.txt, Mistral's Llama
-SentencePiece tokenizer.model (with and without add_bos_token) and a T5-style Unigram spiece.model trained here.
+SentencePiece tokenizer.model (with and without add_bos_token) and a T5-style Unigram spiece.model trained here. The
+encoders' layouts, with vocabularies trained here: RoBERTa vocab.json + merges.txt (and roberta-base's tokenizer.json),
+XLM-RoBERTa sentencepiece.bpe.model, DeBERTa-v2/v3 spm.model, ModernBERT tokenizer.json, ELECTRA / DistilBERT
+vocab.txt (MiniLM's).
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ TEXTS = [
     "  leading and trailing spaces  ",
     "Special <s> and </s> and [SEP] inside, isn't it?",
     "Numbers 12345 and symbols $%& – done.",
+    "Fill the <mask> or [MASK] in: ＡＢＣ ﬁ ①",
 ]
 LONG_TEXT = " ".join(["The quick brown fox jumps over the lazy dog."] * 30)
 PAIRS = [("How old are you?", "I am six years old."), ("Crème brûlée", "日本語"), ("", "only the second")]
 KINDS = ["minilm_json", "bert_vocab", "gpt2", "llama", "llama_no_bos", "t5"]
+ENCODER_KINDS = ["roberta", "roberta_json", "xlm_roberta", "deberta_v2", "modernbert", "electra", "distilbert"]
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +52,17 @@ def dirs(tmp_path_factory):
         "llama": fx.llama_dir(root, add_bos_token=True, add_eos_token=False),
         "llama_no_bos": fx.llama_dir(root, "llama_no_bos"),
         "t5": fx.t5_dir(root),
+        "roberta": fx.roberta_dir(root),
+        "roberta_json": fx.roberta_json_dir(root),
+        "xlm_roberta": fx.xlm_roberta_dir(root),
+        "deberta_v2": fx.deberta_v2_dir(root),
+        "modernbert": fx.modernbert_dir(root),
+        "electra": fx.wordpiece_dir(root, "electra", "ElectraTokenizer"),
+        "distilbert": fx.wordpiece_dir(root, "distilbert", "DistilBertTokenizer"),
     }
 
 
-@pytest.fixture(scope="module", params=KINDS)
+@pytest.fixture(scope="module", params=KINDS + ENCODER_KINDS)
 def both(request, dirs):
     """(transformers tokenizer, jaxformers tokenizer) loaded from the same folder."""
     path = dirs[request.param]
@@ -197,6 +209,131 @@ def test_published_ids(dirs):
     assert AutoTokenizer.from_pretrained(dirs["llama_no_bos"]).encode("Hello world") == [22557, 1526]
 
 
+# ---------------------------------------------------------------------- encoders' tokenizers
+
+
+def assert_identical(hf, ours, texts=TEXTS):
+    """Same backend as transformers' (per-call padding/truncation state aside), and the same ids, masks, type ids,
+    special-token masks and offsets for single texts, pairs and pre-split words."""
+    hf_json, our_json = json.loads(hf.backend_tokenizer.to_str()), json.loads(ours.backend_tokenizer.to_str())
+    for key in ("truncation", "padding"):
+        hf_json.pop(key), our_json.pop(key)
+    assert our_json == hf_json
+    assert ours.all_special_ids == hf.all_special_ids and ours.model_input_names == hf.model_input_names
+    kwargs = {"return_offsets_mapping": True, "return_special_tokens_mask": True, "return_token_type_ids": True}
+    for text in texts:
+        assert dict(ours(text, return_tensors=None, **kwargs)) == hf_dict(hf(text, **kwargs)), text
+        assert dict(ours(text, "  second,  text ", return_tensors=None, **kwargs)) == hf_dict(
+            hf(text, "  second,  text ", **kwargs)
+        ), text
+        ids = hf(text)["input_ids"]
+        assert ours.decode(ids, skip_special_tokens=True) == hf.decode(ids, skip_special_tokens=True), text
+    words = [["Crème", "brûlée"], ["日本語", "ok", "!"]]
+    got = ours(words, is_split_into_words=True, return_tensors=None, **kwargs)
+    expected = hf(words, is_split_into_words=True, **kwargs)
+    assert dict(got) == hf_dict(expected)
+    assert [got.word_ids(i) for i in range(2)] == [expected.word_ids(i) for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory):
+    """Option-bearing configs and SentencePiece BPE (not Unigram) models, which the encoders' classes read as
+    Unigram all the same."""
+    root = tmp_path_factory.mktemp("tok_variants")
+    return {
+        "roberta_prefix": fx.roberta_dir(root, "roberta_prefix", add_prefix_space=True, trim_offsets=False),
+        "xlm_roberta_bpe": fx.xlm_roberta_dir(root, "xlm_roberta_bpe", model_type="bpe"),
+        "deberta_v2_punct": fx.deberta_v2_dir(root, "deberta_v2_punct", split_by_punct=True, do_lower_case=True),
+        "deberta_v2_bpe": fx.deberta_v2_dir(root, "deberta_v2_bpe", model_type="bpe"),
+        "deberta_v2_legacy_json": fx.deberta_v2_legacy_json_dir(root),
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "kwargs"),
+    [
+        ("roberta_prefix", {}),  # add_prefix_space / trim_offsets from tokenizer_config.json
+        ("roberta", {"add_prefix_space": True}),
+        ("roberta_json", {"add_prefix_space": True, "trim_offsets": False}),  # override what tokenizer.json says
+        ("xlm_roberta", {"add_prefix_space": False}),
+        ("xlm_roberta_bpe", {}),
+        ("deberta_v2_punct", {}),
+        ("deberta_v2", {"add_prefix_space": False, "do_lower_case": True}),
+        ("deberta_v2_bpe", {}),
+    ],
+)
+def test_encoder_options_identical(dirs, variants, kind, kwargs):
+    path = {**dirs, **variants}[kind]
+    hf = transformers.AutoTokenizer.from_pretrained(path, **kwargs)
+    assert_identical(hf, AutoTokenizer.from_pretrained(path, **kwargs))
+
+
+def test_deberta_v2_tokenizer_json_rebuilt_as_transformers_5(variants):
+    """A tokenizer.json from transformers 4's DebertaV2Converter (NFKC through the precompiled normalizer): transformers
+    5 keeps only its vocabulary, so full-width letters, ligatures and circled digits stay as they are."""
+    path = variants["deberta_v2_legacy_json"]
+    hf = transformers.AutoTokenizer.from_pretrained(path)
+    ours = AutoTokenizer.from_pretrained(path)
+    assert_identical(hf, ours)
+    text = "ＡＢＣ ﬁ ①"
+    as_file = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json")).encode(text).ids
+    assert ours.encode(text) == hf.encode(text) != as_file  # the file as it is would normalize differently
+
+
+def test_tokenizer_json_of_another_model_refused(dirs, tmp_path):
+    """A BPE tokenizer.json under XLMRobertaTokenizer (which rebuilds a Unigram from its vocabulary): transformers
+    fails with a bare TypeError; we say what is wrong and how to load the file."""
+    shutil.copy(dirs["roberta_json"] / "tokenizer.json", tmp_path / "tokenizer.json")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "XLMRobertaTokenizer"}))
+    with pytest.raises(TypeError):
+        transformers.AutoTokenizer.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"BPE model.*XLMRobertaTokenizer.*Unigram.*PreTrainedTokenizerFast"):
+        AutoTokenizer.from_pretrained(tmp_path)
+
+
+def test_xlm_roberta_fairseq_ids(dirs):
+    """Against the SentencePiece model itself: every piece id + 1 (the model's <unk>, id 0, becomes 3), <s> 0,
+    <pad> 1, </s> 2, <mask> last."""
+    spm = pytest.importorskip("sentencepiece")
+    processor = spm.SentencePieceProcessor(model_file=str(dirs["xlm_roberta"] / "sentencepiece.bpe.model"))
+    ours = AutoTokenizer.from_pretrained(dirs["xlm_roberta"])
+    special = (ours.bos_token_id, ours.pad_token_id, ours.eos_token_id, ours.unk_token_id, ours.mask_token_id)
+    assert special == (0, 1, 2, 3, processor.get_piece_size() + 1) and len(ours) == processor.get_piece_size() + 2
+
+    def fairseq(text):
+        return [3 if i == processor.unk_id() else i + 1 for i in processor.encode(text)]
+
+    for text in ("Hello world", "Crème brûlée à Noël", "the lazy dog 日本語 ✓"):
+        assert ours.encode(text) == [0, *fairseq(text), 2]
+        assert ours.encode(text, "lazy dog") == [0, *fairseq(text), 2, 2, *fairseq("lazy dog"), 2]
+    assert 3 in ours.encode("✓")  # a character the model never saw
+
+
+@pytest.mark.parametrize("kind", ENCODER_KINDS)
+def test_encoder_mask_token_is_one_id(dirs, kind):
+    ours = AutoTokenizer.from_pretrained(dirs[kind])
+    hf = transformers.AutoTokenizer.from_pretrained(dirs[kind])
+    text = f"Paris is the {ours.mask_token} of France."
+    assert ours.mask_token_id in ours.encode(text)
+    assert dict(ours(text, return_tensors=None, return_offsets_mapping=True)) == hf_dict(
+        hf(text, return_offsets_mapping=True)
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "model_type"),
+    [("roberta", "roberta"), ("xlm_roberta", "xlm-roberta"), ("deberta_v2", "deberta-v2"), ("electra", "electra")]
+    + [("distilbert", "distilbert")],
+)
+def test_encoder_class_from_model_type(dirs, tmp_path, kind, model_type):
+    """No tokenizer_config.json: config.json's model_type picks the class, as in transformers."""
+    shutil.copytree(dirs[kind], tmp_path / kind)
+    (tmp_path / kind / "tokenizer_config.json").unlink()
+    (tmp_path / kind / "config.json").write_text(json.dumps({"model_type": model_type}))
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path / kind)
+    assert_identical(hf, AutoTokenizer.from_pretrained(tmp_path / kind), texts=TEXTS[:3] + TEXTS[-3:])
+
+
 # ---------------------------------------------------------------------- output types
 
 
@@ -220,7 +357,7 @@ def test_default_numpy_output(dirs):
 # ---------------------------------------------------------------------- saving
 
 
-@pytest.mark.parametrize("kind", ["minilm_json", "gpt2", "llama", "t5"])
+@pytest.mark.parametrize("kind", ["minilm_json", "gpt2", "llama", "t5", "roberta", "xlm_roberta", "deberta_v2"])
 def test_save_pretrained_loads_identically_in_transformers(dirs, tmp_path, kind):
     hf = transformers.AutoTokenizer.from_pretrained(dirs[kind])
     ours = AutoTokenizer.from_pretrained(dirs[kind])
@@ -266,7 +403,7 @@ STRICT = """{{ bos_token }}
 {% if add_generation_prompt %}{{ strftime_now('%Y') | length }}{% endif %}"""
 CHAT = [
     {"role": "user", "content": "What is the capital of France? Crème brûlée 🤗"},
-    {"role": "assistant", "content": "Paris, \"of course\" <b>!</b>"},
+    {"role": "assistant", "content": 'Paris, "of course" <b>!</b>'},
     {"role": "user", "content": "  And of Japan?  "},
 ]
 

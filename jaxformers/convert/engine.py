@@ -10,6 +10,7 @@ Export: invert the ops, unstack layers, re-fuse chunked tensors, and restore HF 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -136,9 +137,12 @@ def _check_shapes(rule: Rule, keys: dict, tgt: Target, source, cfg) -> list[str]
     if rule.stacked:
         want = set(range(tgt.shape[0]))
         if set(keys) != want:
-            missing = sorted(want - set(keys))
-            extra = sorted(set(keys) - want)
-            out.append(f"{tgt.path}: layers {missing} missing / {extra} unexpected (config has {tgt.shape[0]} layers)")
+            start = rule.layers[0] if rule.layers else 0  # slots of a `Rule(layers=...)` stack start at HF `start`
+            missing = [i + start for i in sorted(want - set(keys))]
+            extra = [i + start for i in sorted(set(keys) - want)]
+            n = tgt.shape[0]
+            held = f"config has {n} layers" if not start else f"this stack holds HF layers {start}..{start + n - 1}"
+            out.append(f"{tgt.path}: layers {missing} missing / {extra} unexpected ({held})")
     for layer, key in sorted(keys.items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
         shape = source.shape(key)
         try:
@@ -148,9 +152,29 @@ def _check_shapes(rule: Rule, keys: dict, tgt: Target, source, cfg) -> list[str]
             continue
         expected = tgt.shape[1:] if rule.stacked else tgt.shape
         if tuple(got) != tuple(expected):
-            out.append(f"shape mismatch: {key} {shape} -> {tuple(got)}, but {tgt.path} expects {tuple(expected)}")
+            out.append(
+                f"shape mismatch: {key} {shape} -> {tuple(got)}, but {tgt.path} expects {tuple(expected)}"
+                + _size_hint(cfg, got, expected)
+            )
             break  # one report per family is enough
     return out
+
+
+def _size_hint(cfg, got, expected) -> str:
+    """Name the config fields that set the sizes the checkpoint contradicts (`config vocab_size=101, checkpoint
+    97`), so the error says what to fix rather than only which shapes differ."""
+    if len(got) != len(expected) or not dataclasses.is_dataclass(cfg):
+        return ""
+    sizes = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "extra"}
+    sizes["num_labels"] = getattr(cfg, "num_labels", None)  # from id2label / num_labels, a property
+    parts = []
+    for g, e in zip(got, expected):
+        names = [n for n, v in sizes.items() if g != e and isinstance(v, int) and not isinstance(v, bool) and v == e]
+        if names:
+            parts.append(f"config {' / '.join(f'{n}={e}' for n in names)}, checkpoint {g}")
+    if not parts:
+        return ""
+    return f" ({'; '.join(parts)}: fix config.json or the from_pretrained overrides, or load the matching checkpoint)"
 
 
 def _apply_shape(rule: Rule, shape, cfg):

@@ -95,6 +95,10 @@ class Rule:
 
     when / unless: name of a boolean config field that must be true / false for the rule to apply (e.g. an untied
     `lm_head` only when `tie_word_embeddings` is false). head: the source key is a full head-model key.
+    layers: for a stacked rule, the HF layer indices `(start, stop)` it maps (stop None: through the last layer);
+    HF layer `start + i` fills slot `i` of the target and indices outside the range do not match. For a layer whose
+    parameters differ from the others' (ModernBERT's layer 0 has no `attn_norm`), so that it lives in a stack of
+    its own while the rest stay one uniform, scannable stack.
     """
 
     source: str
@@ -103,15 +107,20 @@ class Rule:
     when: str | None = None
     unless: str | None = None
     head: bool = False
+    layers: tuple[int, int | None] | None = None
     _regex: re.Pattern = field(init=False, repr=False, compare=False)
 
-    def __init__(self, source, target, *ops, when=None, unless=None, head=False):
+    def __init__(self, source, target, *ops, when=None, unless=None, head=False, layers=None):
+        if layers is not None and ("*" not in source or len(layers) != 2 or not 0 <= layers[0]
+                                   or (layers[1] is not None and layers[1] <= layers[0])):  # fmt: skip
+            raise ValueError(f"Rule {source!r}: layers={layers!r} needs a stacked source and a range (start, stop)")
         object.__setattr__(self, "source", source)
         object.__setattr__(self, "target", target)
         object.__setattr__(self, "ops", tuple(ops))
         object.__setattr__(self, "when", when)
         object.__setattr__(self, "unless", unless)
         object.__setattr__(self, "head", head)
+        object.__setattr__(self, "layers", None if layers is None else tuple(layers))
         object.__setattr__(self, "_regex", re.compile(re.escape(source).replace(r"\*", r"(\d+)") + "$"))
 
     @property
@@ -119,11 +128,18 @@ class Rule:
         return "*" in self.source
 
     def match(self, key: str) -> int | None | bool:
-        """Layer index for stacked rules, True for plain matches, None if no match."""
+        """Target slot for stacked rules (the HF layer index, minus `layers[0]`), True for plain matches, None if no
+        match (or a layer index outside `layers`)."""
         m = self._regex.match(key)
         if m is None:
             return None
-        return int(m.group(1)) if self.stacked else True
+        if not self.stacked:
+            return True
+        start, stop = self.layers or (0, None)
+        index = int(m.group(1))
+        if index < start or (stop is not None and index >= stop):
+            return None
+        return index - start
 
     def active(self, cfg) -> bool:
         if self.when is not None and not getattr(cfg, self.when):
@@ -131,7 +147,8 @@ class Rule:
         return not (self.unless is not None and getattr(cfg, self.unless))
 
     def source_key(self, layer: int | None = None) -> str:
-        return self.source.replace("*", str(layer)) if self.stacked else self.source
+        start = self.layers[0] if self.layers else 0
+        return self.source.replace("*", str(layer + start)) if self.stacked else self.source
 
 
 @dataclass(frozen=True)

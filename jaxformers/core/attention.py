@@ -20,6 +20,9 @@ Implementations (`impl`):
 A requested implementation that does not support a call (see `attention_plan`) falls back to "xla", so models can
 pass one `attn_impl` for every attention call. Query rows with no visible key (left padding) are finite under every
 implementation but their values differ between them; they are never meant to be read.
+Attention-probability dropout (training: `dropout_rate` with a `dropout_key`) runs on the XLA path only, dropping the
+probabilities after the softmax as transformers' eager attention does; any other implementation falls back to XLA
+while dropout is active (with `dropout_key=None`, the default, nothing changes).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from typing import Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
+
+from jaxformers.core import dropout
 
 Impl = Literal["auto", "xla", "cudnn", "pallas"]
 
@@ -116,8 +121,11 @@ def make_mask(
     return out[:, None] if out.ndim == 3 else out  # [B, 1, T, S] or [B, N, T, S]
 
 
-def xla_attention(q, k, v, *, mask=None, bias=None, scale=None, softcap=None):
-    """Reference attention in plain XLA. mask: bool broadcastable to [B, N, T, S]; bias: additive, same shape."""
+def xla_attention(q, k, v, *, mask=None, bias=None, scale=None, softcap=None, dropout_rate=0.0, dropout_key=None):
+    """Reference attention in plain XLA. mask: bool broadcastable to [B, N, T, S]; bias: additive, same shape.
+
+    dropout_key (with dropout_rate > 0): inverted dropout of the probabilities `[B, N, T, S]`, after their cast to
+    the value dtype, as transformers does in training mode."""
     b, t, n, h = q.shape
     kh = k.shape[2]
     scale = h**-0.5 if scale is None else scale
@@ -130,7 +138,8 @@ def xla_attention(q, k, v, *, mask=None, bias=None, scale=None, softcap=None):
         logits = logits + bias.astype(jnp.float32)
     if mask is not None:
         logits = jnp.where(mask, logits, MASK_VALUE)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype).reshape(b, kh, n // kh, t, -1)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    probs = dropout.dropout(probs, dropout_rate, dropout_key).reshape(b, kh, n // kh, t, -1)
     out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
     return out.reshape(b, t, n, h)
 
@@ -150,6 +159,8 @@ def dot_product_attention(
     scale: float | None = None,
     softcap: float | None = None,
     impl: Impl = "auto",
+    dropout_rate: float = 0.0,
+    dropout_key: jax.Array | None = None,
 ) -> jax.Array:
     """Attention over q `[B, T, N, H]`, k/v `[B, S, K, H]` -> `[B, T, N, H]`.
 
@@ -162,6 +173,9 @@ def dot_product_attention(
       sliding_window: keep only the last `sliding_window` key slots up to the query's slot.
       scale: softmax scale, default `H ** -0.5`. softcap: Gemma-2 style `c * tanh(logits / c)`.
       impl: "xla" (always available), "cudnn", "pallas", or "auto" (choose per backend and shape).
+      dropout_rate / dropout_key: attention-probability dropout (HF's `attention_probs_dropout_prob`, `attn_pdrop`,
+        `attention_dropout`); active only with a key (`core.dropout`: None when deterministic), and then computed
+        on the XLA path whatever `impl` says (the kernels have no dropout).
     """
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(f"attention expects q [B,T,N,H], k/v [B,S,K,H]; got {q.shape}, {k.shape}, {v.shape}")
@@ -171,7 +185,8 @@ def dot_product_attention(
         raise ValueError(f"unknown attention impl {impl!r}; choose 'auto', 'xla', 'cudnn' or 'pallas'")
     call = {"mask": mask, "bias": bias, "causal": causal, "q_offset": q_offset, "key_mask": key_mask}
     call |= {"segment_ids": segment_ids, "sliding_window": sliding_window, "scale": scale, "softcap": softcap}
-    plan = attention_plan(q, k, v, impl=impl, **call)
+    drop = dropout_key is not None and bool(dropout_rate)
+    plan = Plan("xla", "attention dropout") if drop else attention_plan(q, k, v, impl=impl, **call)
     if plan.impl == "pallas":
         return _pallas_flash(q, k, v, **call)
     if plan.impl == "pallas_decode":
@@ -190,7 +205,10 @@ def dot_product_attention(
         sliding_window=sliding_window,
         mask=mask,
     )
-    return xla_attention(q, k, v, mask=full_mask, bias=bias, scale=scale, softcap=softcap)
+    return xla_attention(
+        q, k, v, mask=full_mask, bias=bias, scale=scale, softcap=softcap,
+        dropout_rate=dropout_rate if drop else 0.0, dropout_key=dropout_key if drop else None,
+    )  # fmt: skip
 
 
 def attention_plan(q, k, v, *, impl: Impl = "auto", **call) -> Plan:

@@ -5,8 +5,10 @@ go through the JSON form, so configs containing dicts (rope parameters) are stil
 
 `from_hf` validates before any array is built: a zero or negative size in config.json would otherwise surface as a
 ZeroDivisionError, an IndexError or NaN outputs far from its cause. Each config class declares its size fields
-(`positive_fields`: integers >= 1; `nonnegative_fields`: numbers >= 0 such as norm epsilons; a None value means
-"unset" and is skipped) and `check_fields` checks them all in one place; `validate()` adds the per-architecture rules.
+(`positive_fields`: integers >= 1; `nonnegative_fields`: numbers >= 0 such as norm epsilons; `rate_fields`: dropout
+probabilities in [0, 1); a None value means "unset" and is skipped) and `check_fields` checks them all in one place;
+`validate()` adds the per-architecture rules. The classifier size (`num_labels`, from `id2label` or `num_labels`) is
+read and checked here for every architecture (`HFConfig.num_labels`), never per model file.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class HFConfig:
     model_type: ClassVar[str] = ""
     positive_fields: ClassVar[tuple[str, ...]] = ()  # integer sizes/counts that must be >= 1 (None = unset)
     nonnegative_fields: ClassVar[tuple[str, ...]] = ()  # numbers that must be finite and >= 0 (epsilons)
+    rate_fields: ClassVar[tuple[str, ...]] = ()  # dropout probabilities in [0, 1) (None = unset)
     extra: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
@@ -43,8 +46,8 @@ class HFConfig:
         return cfg
 
     def check_fields(self) -> None:
-        """Raise ValueError naming the first declared size field that is not a positive integer (or epsilon < 0),
-        or a classifier size (`id2label` / `num_labels`) below one class."""
+        """Raise ValueError naming the first declared size field that is not a positive integer (or epsilon < 0,
+        or dropout rate outside [0, 1)), or a classifier size (`id2label` / `num_labels`) below one class."""
         num_labels_from(self.extra)
         for name in self.positive_fields:
             check_positive_int(name, getattr(self, name))
@@ -55,6 +58,14 @@ class HFConfig:
             if not _is_number(value) or not math.isfinite(value) or value < 0:
                 raise ValueError(
                     f"config.json: {name}={value!r} must be a finite number >= 0; fix {name} in config.json"
+                )
+        for name in self.rate_fields:
+            value = getattr(self, name)
+            if value is not None and not (_is_number(value) and 0 <= value < 1):
+                # a rate of 1 would zero every activation and divide by 0 in the kept-value scaling
+                raise ValueError(
+                    f"config.json: dropout rate {name}={value!r} must lie in [0, 1); fix {name} in config.json "
+                    "(0 disables it)"
                 )
 
     def validate(self) -> None:

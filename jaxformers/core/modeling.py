@@ -89,7 +89,8 @@ class PreTrainedModel(nnx.Module):
 class Architecture:
     """The one record a model file exports (as `ARCHITECTURE`); `jaxformers.models` reads nothing else.
 
-    name: the family (file) name. config_class: its config dataclass. weights: the HF weight table.
+    name: the family (file) name. config_class: its config dataclass (a model type's classes may use a subclass,
+      e.g. XLMRobertaConfig with its own model_type). weights: the HF weight table.
     classes: `{model_type: {task: class}}` for every HF `model_type` the file implements (families that HF writes as
       copies, e.g. llama/mistral/qwen2/gemma, or roberta/xlm-roberta, share one file and one weight table).
     gguf_names: GGUF tensor-name table where the family has GGUF checkpoints (None otherwise).
@@ -101,15 +102,19 @@ class Architecture:
     config_class: type
     weights: tuple
     classes: dict[str, dict[str, type]]
-    gguf_names: tuple | None = None
+    gguf_names: dict | None = None
 
     def __post_init__(self):
         for tasks in self.classes.values():
             if "base" not in tasks:
                 raise ValueError(f"architecture {self.name}: every model type needs a 'base' class")
             for task, cls in tasks.items():
-                if cls.config_class is not self.config_class:
-                    raise ValueError(f"{cls.__name__}.config_class is not {self.config_class.__name__}")
+                # a model type whose HF config differs only in model_type (xlm-roberta) has a config subclass
+                if not issubclass(cls.config_class, self.config_class):
+                    raise ValueError(
+                        f"{cls.__name__}.config_class ({cls.config_class.__name__}) is not "
+                        f"{self.config_class.__name__} or a subclass of it"
+                    )
                 cls.hf_weights, cls.task = self.weights, task
 
     @property

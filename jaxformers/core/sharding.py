@@ -49,6 +49,15 @@ ACTIVATION_AXES = (
 LOGICAL_AXES = WEIGHT_AXES + ACTIVATION_AXES
 BATCH_AXIS = "act_batch"
 
+# The activation layouts models constrain at block boundaries (`constrain(x, ACT_BTD)`), named once so that every
+# architecture shards the same tensor roles the same way: hidden states [B, T, D], the MLP hidden [B, T, F], logits
+# [B, T, V], and per-head projections [B, T, N, H] / [B, T, K, H] (head_dim left to the compiler).
+ACT_BTD = ("act_batch", "act_seq", "act_embed")
+ACT_BTF = ("act_batch", "act_seq", "act_mlp")
+ACT_BTV = ("act_batch", "act_seq", "act_vocab")
+ACT_BTNH = ("act_batch", "act_seq", "act_heads", None)
+ACT_BTKH = ("act_batch", "act_seq", "act_kv_heads", None)
+
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
 REPLICATED: Rules = ()

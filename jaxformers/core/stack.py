@@ -28,6 +28,7 @@ def run_layers(
     remat: bool = False,
     windows: tuple[int | None, ...] | None = None,
     keys: jax.Array | None = None,
+    xs=None,
 ):
     """Apply `call(layer, x, kv, window, key) -> (x, kv)` layer by layer (encoders and decoders alike).
 
@@ -35,6 +36,9 @@ def run_layers(
     per layer (`KVCache.per_layer`, unrolled only). windows: per-layer sliding window (None =
     full attention); passed as a Python value when all layers agree, as a scanned int array otherwise.
     keys: per-layer dropout keys `[L]` (`core.dropout.layer_keys`) or None (no dropout: `key` is None in `call`).
+    xs: optional per-layer data of the model's own (a pytree of arrays with a leading `[L]` axis, e.g. a flag marking
+      the one layer followed by an extra op, as DeBERTa-v2's ConvLayer after layer 0); when given, `call` also gets
+      its layer's slice as the keyword `xs=`, scanned or unrolled alike.
     Returns `(x, hidden_states tuple, cache)`; hidden_states holds each layer's output.
     """
     windows = windows or (None,) * layers.n
@@ -45,19 +49,21 @@ def run_layers(
         w_xs = None if uniform else jnp.asarray([NO_WINDOW if w is None else w for w in windows], jnp.int32)
         kv_xs = None if cache is None else (cache.k, cache.v)
 
-        def body(layer, carry, xs):
-            kv, w, key = xs
-            y, kv = call(layer, carry, kv, windows[0] if uniform else w, key)
+        def body(layer, carry, scanned):
+            kv, w, key, extra = scanned
+            more = {} if xs is None else {"xs": extra}
+            y, kv = call(layer, carry, kv, windows[0] if uniform else w, key, **more)
             return y, (y, kv)
 
-        x, (hs, kv) = layers.scan(body, x, (kv_xs, w_xs, keys), remat=remat)
+        x, (hs, kv) = layers.scan(body, x, (kv_xs, w_xs, keys, xs), remat=remat)
         if cache is not None:
             cache = cache.replace(k=kv[0], v=kv[1])
         return x, tuple(hs[i] for i in range(hs.shape[0])), cache
     hs, ks, vs = [], [], []
     for i in range(layers.n):
         kv = None if cache is None else (cache.k[i], cache.v[i])
-        x, kv = call(layers.layer(i), x, kv, windows[i], None if keys is None else keys[i])
+        more = {} if xs is None else {"xs": jax.tree.map(lambda a, i=i: a[i], xs)}
+        x, kv = call(layers.layer(i), x, kv, windows[i], None if keys is None else keys[i], **more)
         if cache is not None:
             ks.append(kv[0])
             vs.append(kv[1])

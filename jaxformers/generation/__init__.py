@@ -303,7 +303,10 @@ def _static_config(cfg: GenerationConfig) -> GenerationConfig:
 
 
 def _check_inputs(model, input_ids, attention_mask):
-    if not hasattr(model, "init_cache") or not hasattr(model, "lm_head"):
+    from jaxformers.core.modeling import PreTrainedModel
+
+    # the class's declarations, not its attributes: generate() runs a decoder-only LM with a KV cache
+    if not (isinstance(model, PreTrainedModel) and model.can_generate and model.is_decoder):
         raise TypeError(
             f"generate() needs a causal language model with a KV cache, got {type(model).__name__}; load it with "
             "AutoModelForCausalLM.from_pretrained(...)"

@@ -3,7 +3,10 @@
 References: arXiv:1810.04805; HF transformers `models/bert/modeling_bert.py` (5.x). Numerics follow HF: post-LN
 blocks, exact erf GELU for `hidden_act="gelu"`, LayerNorm in float32, tied MLM decoder with its own bias.
 Position ids default to the count of real tokens (identical to HF for right padding; a left-padded row then gets
-the values it has alone).
+the values it has alone). Dropout (training, `deterministic=False`) where HF applies it: after the embedding
+LayerNorm and after each attention/FFN output projection (`hidden_dropout_prob`), on the attention probabilities
+(`attention_probs_dropout_prob`), and before the sequence/token classifiers (`classifier_dropout`, else
+`hidden_dropout_prob`).
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxformers.core import attention as attn
+from jaxformers.core import dropout
 from jaxformers.core.config import HFConfig, config_class
 from jaxformers.core.layers import Dense, Embed, LayerNorm, Stacked, activation
 from jaxformers.core.modeling import (
+    Architecture,
     PreTrainedModel,
     check_index_input,
     check_input_ids,
@@ -29,10 +34,13 @@ from jaxformers.core.outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-from jaxformers.core.sharding import constrain
+from jaxformers.core.sharding import ACT_BTD, ACT_BTF, ACT_BTV, constrain
+from jaxformers.core.stack import run_layers
 from jaxformers.convert.rules import Ignore, Rule, SplitAxis, T
 
-ACT_BTD = ("act_batch", "act_seq", "act_embed")
+# Dropout sites (`core.dropout.fold`): model level, then within a layer (under its per-layer key).
+_EMBED, _LAYERS, _HEAD = 0, 1, 2
+_ATTN_PROBS, _ATTN_OUT, _FFN_OUT = 0, 1, 2
 
 
 @config_class
@@ -50,9 +58,13 @@ class BertConfig(HFConfig):
     pad_token_id: int | None = 0
     position_embedding_type: str = "absolute"
     tie_word_embeddings: bool = True
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    classifier_dropout: float | None = None
     positive_fields = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                        "max_position_embeddings", "type_vocab_size")  # fmt: skip
     nonnegative_fields = ("layer_norm_eps",)
+    rate_fields = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")
 
     def validate(self):
         if self.hidden_size % self.num_attention_heads:
@@ -67,6 +79,11 @@ class BertConfig(HFConfig):
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    @property
+    def classifier_rate(self) -> float:
+        """HF's classifier dropout: `classifier_dropout`, else `hidden_dropout_prob`."""
+        return self.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
+
 
 class Embeddings(nnx.Module):
     def __init__(self, cfg: BertConfig, *, opts: Options, rngs: nnx.Rngs):
@@ -78,10 +95,11 @@ class Embeddings(nnx.Module):
             cfg.type_vocab_size, cfg.hidden_size, axes=("type_vocab", "embed"), opts=opts, rngs=rngs
         )
         self.LayerNorm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, opts=opts, rngs=rngs)
+        self.rate = cfg.hidden_dropout_prob
 
-    def __call__(self, input_ids, token_type_ids, position_ids):
+    def __call__(self, input_ids, token_type_ids, position_ids, key=None):
         x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
-        return self.LayerNorm(x + self.position_embeddings(position_ids))
+        return dropout.dropout(self.LayerNorm(x + self.position_embeddings(position_ids)), self.rate, key)
 
 
 class Attention(nnx.Module):
@@ -94,11 +112,16 @@ class Attention(nnx.Module):
         self.output = Dense((n, h), d, axes=("heads", "head_dim", "embed"), opts=opts, rngs=rngs)
         self.LayerNorm = LayerNorm(d, eps=cfg.layer_norm_eps, opts=opts, rngs=rngs)
         self.impl = opts.attn_impl
+        self.probs_rate, self.rate = cfg.attention_probs_dropout_prob, cfg.hidden_dropout_prob
 
-    def __call__(self, x, key_mask):
+    def __call__(self, x, key_mask, key=None):
         q, k, v = self.query(x), self.key(x), self.value(x)  # [B, T, N, H]
-        o = attn.dot_product_attention(q, k, v, key_mask=key_mask, impl=self.impl)
-        return self.LayerNorm(self.output(o) + x)
+        o = attn.dot_product_attention(
+            q, k, v, key_mask=key_mask, impl=self.impl,
+            dropout_rate=self.probs_rate, dropout_key=dropout.fold(key, _ATTN_PROBS),
+        )  # fmt: skip
+        o = dropout.dropout(self.output(o), self.rate, dropout.fold(key, _ATTN_OUT))
+        return self.LayerNorm(o + x)
 
 
 class Layer(nnx.Module):
@@ -108,11 +131,13 @@ class Layer(nnx.Module):
         self.output = Dense(cfg.intermediate_size, cfg.hidden_size, axes=("mlp", "embed"), opts=opts, rngs=rngs)
         self.output_LayerNorm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, opts=opts, rngs=rngs)
         self.act = activation(cfg.hidden_act)
+        self.rate = cfg.hidden_dropout_prob
 
-    def __call__(self, x, key_mask):
-        a = self.attention(x, key_mask)
-        h = constrain(self.act(self.intermediate(a)), ("act_batch", "act_seq", "act_mlp"))
-        return constrain(self.output_LayerNorm(self.output(h) + a), ACT_BTD)
+    def __call__(self, x, key_mask, key=None):
+        a = self.attention(x, key_mask, key)
+        h = constrain(self.act(self.intermediate(a)), ACT_BTF)
+        h = dropout.dropout(self.output(h), self.rate, dropout.fold(key, _FFN_OUT))
+        return constrain(self.output_LayerNorm(h + a), ACT_BTD)
 
 
 class Encoder(nnx.Module):
@@ -120,16 +145,14 @@ class Encoder(nnx.Module):
         self.layer = Stacked(lambda r: Layer(cfg, opts=opts, rngs=r), cfg.num_hidden_layers, rngs=rngs)
         self.scan, self.remat = opts.scan_layers, opts.remat
 
-    def __call__(self, x, key_mask, output_hidden_states=False):
-        if self.scan:
-            x, hs = self.layer.scan(lambda lyr, c, _: (lyr(c, key_mask),) * 2, x, remat=self.remat)
-            hs = tuple(hs[i] for i in range(hs.shape[0]))
-        else:
-            hs = []
-            for i in range(self.layer.n):
-                x = self.layer.layer(i)(x, key_mask)
-                hs.append(x)
-        return x, tuple(hs)
+    def __call__(self, x, key_mask, keys=None):
+        """Run the layers (`keys`: per-layer dropout keys or None); returns `(x, per-layer outputs)`."""
+
+        def call(layer, h, kv, window, key):
+            return layer(h, key_mask, key), kv
+
+        x, hs, _ = run_layers(self.layer, x, call, cache=None, scan=self.scan, remat=self.remat, keys=keys)
+        return x, hs
 
 
 class BertModel(PreTrainedModel):
@@ -146,12 +169,15 @@ class BertModel(PreTrainedModel):
         self.pooler = Dense(d, d, axes=("embed", "mlp"), opts=options, rngs=rngs) if add_pooling_layer else None
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 output_hidden_states: bool = False) -> BaseModelOutput:  # fmt: skip
+                 output_hidden_states: bool = False, deterministic: bool = True,
+                 dropout_rng=None) -> BaseModelOutput:  # fmt: skip
         """Encode `input_ids [B, T]`; returns last_hidden_state `[B, T, D]` and pooler_output `[B, D]`.
 
         Ids, token types and positions are range-checked and T may not exceed max_position_embeddings, as in
-        transformers (eagerly ValueError; under jit a checkify check, see `core.modeling`)."""
+        transformers (eagerly ValueError; under jit a checkify check, see `core.modeling`).
+        deterministic=False applies dropout with the key `dropout_rng` (`core.dropout`)."""
         cfg = self.config
+        key = dropout.key_for(deterministic, dropout_rng)
         input_ids, attention_mask = check_input_ids(input_ids, attention_mask, vocab_size=cfg.vocab_size)
         check_seq_len(input_ids.shape[1], cfg.max_position_embeddings)
         token_type_ids = check_index_input(token_type_ids, input_ids.shape, "token_type_ids", size=cfg.type_vocab_size,
@@ -162,9 +188,10 @@ class BertModel(PreTrainedModel):
             token_type_ids = jnp.zeros_like(input_ids)
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask)
-        x = constrain(self.embeddings(input_ids, token_type_ids, position_ids), ACT_BTD)
+        x = constrain(self.embeddings(input_ids, token_type_ids, position_ids, dropout.fold(key, _EMBED)), ACT_BTD)
         emb = x
-        x, hs = self.encoder(x, attention_mask.astype(bool), output_hidden_states)
+        keys = dropout.layer_keys(dropout.fold(key, _LAYERS), cfg.num_hidden_layers)
+        x, hs = self.encoder(x, attention_mask.astype(bool), keys)
         pooled = jnp.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
         return BaseModelOutput(
             last_hidden_state=x, pooler_output=pooled, hidden_states=(emb, *hs) if output_hidden_states else None
@@ -203,9 +230,12 @@ class BertForMaskedLM(_BertHead):
         self.cls = LMPredictionHead(cfg, opts=options, rngs=rngs)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 output_hidden_states: bool = False) -> MaskedLMOutput:  # fmt: skip
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states=output_hidden_states)
-        logits = constrain(self.cls(out.last_hidden_state, self.bert.embeddings.word_embeddings), ("act_batch", "act_seq", "act_vocab"))
+                 output_hidden_states: bool = False, deterministic: bool = True,
+                 dropout_rng=None) -> MaskedLMOutput:  # fmt: skip
+        key = dropout.key_for(deterministic, dropout_rng)
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states=output_hidden_states,
+                        deterministic=key is None, dropout_rng=key)  # fmt: skip
+        logits = constrain(self.cls(out.last_hidden_state, self.bert.embeddings.word_embeddings), ACT_BTV)
         return MaskedLMOutput(logits=logits, hidden_states=out.hidden_states)
 
 
@@ -216,11 +246,16 @@ class BertForSequenceClassification(_BertHead):
         self.config = cfg
         self.bert = BertModel(cfg, options=options, rngs=rngs)
         self.classifier = Dense(cfg.hidden_size, cfg.num_labels, axes=("embed", "labels"), opts=options, rngs=rngs)
+        self.rate = cfg.classifier_rate
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 output_hidden_states: bool = False) -> SequenceClassifierOutput:  # fmt: skip
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states=output_hidden_states)
-        return SequenceClassifierOutput(logits=self.classifier(out.pooler_output), hidden_states=out.hidden_states)
+                 output_hidden_states: bool = False, deterministic: bool = True,
+                 dropout_rng=None) -> SequenceClassifierOutput:  # fmt: skip
+        key = dropout.key_for(deterministic, dropout_rng)
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states=output_hidden_states,
+                        deterministic=key is None, dropout_rng=key)  # fmt: skip
+        pooled = dropout.dropout(out.pooler_output, self.rate, dropout.fold(key, _HEAD))
+        return SequenceClassifierOutput(logits=self.classifier(pooled), hidden_states=out.hidden_states)
 
 
 class BertForTokenClassification(_BertHead):
@@ -230,11 +265,16 @@ class BertForTokenClassification(_BertHead):
         self.config = cfg
         self.bert = BertModel(cfg, options=options, rngs=rngs, add_pooling_layer=False)
         self.classifier = Dense(cfg.hidden_size, cfg.num_labels, axes=("embed", "labels"), opts=options, rngs=rngs)
+        self.rate = cfg.classifier_rate
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 output_hidden_states: bool = False) -> TokenClassifierOutput:  # fmt: skip
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states=output_hidden_states)
-        return TokenClassifierOutput(logits=self.classifier(out.last_hidden_state), hidden_states=out.hidden_states)
+                 output_hidden_states: bool = False, deterministic: bool = True,
+                 dropout_rng=None) -> TokenClassifierOutput:  # fmt: skip
+        key = dropout.key_for(deterministic, dropout_rng)
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states=output_hidden_states,
+                        deterministic=key is None, dropout_rng=key)  # fmt: skip
+        x = dropout.dropout(out.last_hidden_state, self.rate, dropout.fold(key, _HEAD))
+        return TokenClassifierOutput(logits=self.classifier(x), hidden_states=out.hidden_states)
 
 
 class BertForQuestionAnswering(_BertHead):
@@ -248,21 +288,16 @@ class BertForQuestionAnswering(_BertHead):
         )
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 output_hidden_states: bool = False) -> QuestionAnsweringOutput:  # fmt: skip
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states=output_hidden_states)
+                 output_hidden_states: bool = False, deterministic: bool = True,
+                 dropout_rng=None) -> QuestionAnsweringOutput:  # fmt: skip
+        key = dropout.key_for(deterministic, dropout_rng)
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states=output_hidden_states,
+                        deterministic=key is None, dropout_rng=key)  # fmt: skip
         logits = self.qa_outputs(out.last_hidden_state)  # [B, T, 2]
         return QuestionAnsweringOutput(
             start_logits=logits[..., 0], end_logits=logits[..., 1], hidden_states=out.hidden_states
         )
 
-
-TASKS = {
-    "base": BertModel,
-    "masked-lm": BertForMaskedLM,
-    "sequence-classification": BertForSequenceClassification,
-    "token-classification": BertForTokenClassification,
-    "question-answering": BertForQuestionAnswering,
-}
 
 _L = "encoder.layer.*."
 _B = "encoder.layer.block."
@@ -305,5 +340,18 @@ HF_WEIGHTS = (
     Rule("qa_outputs.weight", "qa_outputs.kernel", T(), head=True),
     Rule("qa_outputs.bias", "qa_outputs.bias", head=True),
 )
-for _cls in TASKS.values():
-    _cls.hf_weights = HF_WEIGHTS
+
+ARCHITECTURE = Architecture(
+    name="bert",
+    config_class=BertConfig,
+    weights=HF_WEIGHTS,
+    classes={
+        "bert": {
+            "base": BertModel,
+            "masked-lm": BertForMaskedLM,
+            "sequence-classification": BertForSequenceClassification,
+            "token-classification": BertForTokenClassification,
+            "question-answering": BertForQuestionAnswering,
+        }
+    },
+)

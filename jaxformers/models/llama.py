@@ -8,7 +8,10 @@ casts before the weight multiply, Gemma multiplies `(1 + w)` in float32), Gemma 
   mistral sliding_window on every layer            qwen2  q/k/v bias, o without; per-layer `layer_types`
   gemma   embedding scale, (1 + w) RMSNorm, GeLU-tanh MLP, explicit head_dim, tied embeddings
 The decoder takes and returns a `KVCache`; position ids default to "slot minus the row's first real token", so
-left-padded rows get exactly the values they have alone.
+left-padded rows get exactly the values they have alone. Dropout (training, `deterministic=False`) as HF: only on
+the attention probabilities, at `attention_dropout` (0 in every released config). Each family has its own HF-named
+classes (`MistralForCausalLM(LlamaForCausalLM)`, ...), listed in the `ARCHITECTURE` record at the bottom with the
+weight table and the GGUF tensor names (`GGUF_NAMES`, read by `jaxformers.convert.gguf`).
 """
 
 from __future__ import annotations
@@ -20,18 +23,20 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxformers.core import attention as attn
-from jaxformers.core import rope
+from jaxformers.core import dropout, rope
 from jaxformers.core.cache import KVCache, update_layer
 from jaxformers.core.config import HFConfig, check_positive_int, config_class
+from jaxformers.core.decoder import advance_cache, decoder_inputs, run_layers
 from jaxformers.core.layers import Dense, Embed, RMSNorm, Stacked, activation
-from jaxformers.core.decoder import decoder_positions, run_layers
-from jaxformers.core.modeling import PreTrainedModel, check_index_input, check_input_ids, last_token
+from jaxformers.core.modeling import Architecture, PreTrainedModel, check_input_ids, last_token
 from jaxformers.core.options import Options
 from jaxformers.core.outputs import BaseModelOutput, CausalLMOutput, SequenceClassifierOutput
-from jaxformers.core.sharding import constrain
+from jaxformers.core.sharding import ACT_BTD, ACT_BTF, ACT_BTKH, ACT_BTNH, ACT_BTV, constrain
 from jaxformers.convert.rules import Rule, SplitAxis, T
 
-ACT_BTD = ("act_batch", "act_seq", "act_embed")
+# Dropout sites (`core.dropout.fold`): the layer stack at model level, the attention probabilities within a layer.
+_LAYERS = 0
+_ATTN_PROBS = 0
 
 
 @config_class
@@ -59,10 +64,12 @@ class LlamaConfig(HFConfig):
     pad_token_id: int | None = None
     bos_token_id: int | list | None = None
     eos_token_id: int | list | None = None
+    attention_dropout: float = 0.0
     flag_fields: ClassVar[dict[str, str]] = {"qkv_bias": "attention_bias"}  # derived flag -> config.json field
     positive_fields = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                        "num_key_value_heads", "head_dim", "max_position_embeddings")  # fmt: skip
     nonnegative_fields = ("rms_norm_eps",)
+    rate_fields = ("attention_dropout",)
 
     @classmethod
     def from_hf(cls, d):
@@ -143,17 +150,19 @@ class Attention(nnx.Module):
         self.v_proj = Dense(d, (k, h), axes=("embed", "kv_heads", "head_dim"), use_bias=cfg.qkv_bias, opts=opts, rngs=rngs)
         self.o_proj = Dense((n, h), d, axes=("heads", "head_dim", "embed"), use_bias=cfg.attention_bias, opts=opts, rngs=rngs)
         self.impl = opts.attn_impl
+        self.probs_rate = cfg.attention_dropout
 
-    def __call__(self, x, cos, sin, key_mask, q_offset, kv, window):
-        q = constrain(rope.apply_rope(self.q_proj(x), cos, sin), ("act_batch", "act_seq", "act_heads", None))
-        k = constrain(rope.apply_rope(self.k_proj(x), cos, sin), ("act_batch", "act_seq", "act_kv_heads", None))
-        v = constrain(self.v_proj(x), ("act_batch", "act_seq", "act_kv_heads", None))  # [B, T, K, H]
+    def __call__(self, x, cos, sin, key_mask, q_offset, kv, window, key=None):
+        q = constrain(rope.apply_rope(self.q_proj(x), cos, sin), ACT_BTNH)
+        k = constrain(rope.apply_rope(self.k_proj(x), cos, sin), ACT_BTKH)
+        v = constrain(self.v_proj(x), ACT_BTKH)  # [B, T, K, H]
         if kv is not None:  # attend over the whole cache after writing this step's keys/values
             kv = update_layer(kv[0], kv[1], k, v, q_offset)
             k, v = kv
         o = attn.dot_product_attention(
-            q, k, v, causal=True, q_offset=q_offset, key_mask=key_mask, sliding_window=window, impl=self.impl
-        )
+            q, k, v, causal=True, q_offset=q_offset, key_mask=key_mask, sliding_window=window, impl=self.impl,
+            dropout_rate=self.probs_rate, dropout_key=dropout.fold(key, _ATTN_PROBS),
+        )  # fmt: skip
         return self.o_proj(o), kv
 
 
@@ -166,7 +175,7 @@ class MLP(nnx.Module):
         self.act = activation(cfg.hidden_act)
 
     def __call__(self, x):
-        h = constrain(self.act(self.gate_proj(x)) * self.up_proj(x), ("act_batch", "act_seq", "act_mlp"))
+        h = constrain(self.act(self.gate_proj(x)) * self.up_proj(x), ACT_BTF)
         return self.down_proj(h)
 
 
@@ -180,8 +189,8 @@ class DecoderLayer(nnx.Module):
         )
         self.mlp = MLP(cfg, opts=opts, rngs=rngs)
 
-    def __call__(self, x, cos, sin, key_mask, q_offset, kv, window):
-        a, kv = self.self_attn(self.input_layernorm(x), cos, sin, key_mask, q_offset, kv, window)
+    def __call__(self, x, cos, sin, key_mask, q_offset, kv, window, key=None):
+        a, kv = self.self_attn(self.input_layernorm(x), cos, sin, key_mask, q_offset, kv, window, key)
         x = x + a
         x = constrain(x + self.mlp(self.post_attention_layernorm(x)), ACT_BTD)
         return x, kv
@@ -191,6 +200,7 @@ class LlamaModel(PreTrainedModel):
     config_class = LlamaConfig
     hf_architecture = "LlamaModel"
     hf_prefix = "model"
+    is_decoder = True
 
     def __init__(self, cfg: LlamaConfig, *, options: Options = Options(), rngs: nnx.Rngs):
         self.config = cfg
@@ -207,22 +217,19 @@ class LlamaModel(PreTrainedModel):
         return KVCache.init(cfg.num_hidden_layers, batch, max_len, cfg.kv_heads, cfg.dim, dtype or self.dtype)
 
     def __call__(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None, *,
-                 output_hidden_states: bool = False) -> BaseModelOutput:  # fmt: skip
+                 output_hidden_states: bool = False, deterministic: bool = True,
+                 dropout_rng=None) -> BaseModelOutput:  # fmt: skip
         """Decode `input_ids [B, T]`; with `cache`, the tokens are appended at `cache.index` and the updated cache is
         returned in `out.cache`. Returns last_hidden_state `[B, T, D]`.
 
         Token ids must lie in [0, vocab_size) and a cache write must fit (see `core.modeling`); positions are not
-        bounded (RoPE: transformers accepts any)."""
+        bounded (RoPE: transformers accepts any). deterministic=False applies attention dropout with the key
+        `dropout_rng` (`core.dropout`)."""
         cfg = self.config
-        input_ids, attention_mask = check_input_ids(input_ids, attention_mask, vocab_size=cfg.vocab_size)
-        if cache is None:
-            key_mask, q_offset = attention_mask.astype(bool), 0
-        else:
-            cache = cache.with_tokens(attention_mask)  # checks the batch and that the tokens fit
-            key_mask, q_offset = cache.mask, cache.index
-        position_ids = check_index_input(position_ids, input_ids.shape, "position_ids")
-        if position_ids is None:
-            position_ids = decoder_positions(key_mask, q_offset, input_ids.shape[1])
+        key = dropout.key_for(deterministic, dropout_rng)
+        input_ids, _, key_mask, q_offset, position_ids, cache = decoder_inputs(
+            input_ids, attention_mask, position_ids, cache, vocab_size=cfg.vocab_size
+        )
         x = self.embed_tokens(input_ids)
         if cfg.model_type == "gemma":
             x = x * jnp.asarray(cfg.hidden_size**0.5, x.dtype)
@@ -230,20 +237,18 @@ class LlamaModel(PreTrainedModel):
         seq_len = jnp.max(position_ids) + 1 if cfg.rope["rope_type"] == "dynamic" else None
         freq = rope.inv_freq(cfg.rope, cfg.dim, cfg.max_position_embeddings, seq_len)
         cos, sin = rope.cos_sin(position_ids, freq, x.dtype)
-        x, hs, cache = self._layers(x, cos, sin, key_mask, q_offset, cache)
-        if cache is not None:
-            cache = cache.replace(index=cache.index + input_ids.shape[1])
+
+        def call(layer, h, kv, window, layer_key):
+            return layer(h, cos, sin, key_mask, q_offset, kv, window, layer_key)
+
+        keys = dropout.layer_keys(dropout.fold(key, _LAYERS), cfg.num_hidden_layers)
+        x, hs, cache = run_layers(
+            self.layers, x, call, cache=cache, scan=self.scan, remat=self.remat, windows=cfg.windows, keys=keys
+        )
+        cache = advance_cache(cache, input_ids.shape[1])
         x = self.norm(x)
         hidden = (emb, *hs[:-1], x) if output_hidden_states else None  # HF: the last entry is after the final norm
         return BaseModelOutput(last_hidden_state=x, hidden_states=hidden, cache=cache)
-
-    def _layers(self, x, cos, sin, key_mask, q_offset, cache):
-        def call(layer, h, kv, window, key):
-            return layer(h, cos, sin, key_mask, q_offset, kv, window)
-
-        return run_layers(
-            self.layers, x, call, cache=cache, scan=self.scan, remat=self.remat, windows=self.config.windows
-        )
 
 
 class _LlamaHead(PreTrainedModel):
@@ -251,12 +256,11 @@ class _LlamaHead(PreTrainedModel):
     hf_prefix = "model"
     base_attr = "model"
 
-    def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
-        return self.model.init_cache(batch, max_len, dtype)
-
 
 class LlamaForCausalLM(_LlamaHead):
     hf_architecture = "LlamaForCausalLM"
+    is_decoder = True
+    can_generate = True
 
     def __init__(self, cfg: LlamaConfig, *, options: Options = Options(), rngs: nnx.Rngs):
         self.config = cfg
@@ -266,13 +270,19 @@ class LlamaForCausalLM(_LlamaHead):
             cfg.hidden_size, cfg.vocab_size, axes=("embed", "vocab"), use_bias=False, opts=options, rngs=rngs
         )
 
+    def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
+        """An empty KV cache for `batch` rows of up to `max_len` tokens."""
+        return self.model.init_cache(batch, max_len, dtype)
+
     def __call__(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None, *,
-                 logits_to_keep: int = 0, output_hidden_states: bool = False) -> CausalLMOutput:  # fmt: skip
+                 logits_to_keep: int = 0, output_hidden_states: bool = False, deterministic: bool = True,
+                 dropout_rng=None) -> CausalLMOutput:  # fmt: skip
         """Next-token logits `[B, T, V]` (only the last `logits_to_keep` positions if > 0) and the updated cache."""
-        out = self.model(input_ids, attention_mask, position_ids, cache, output_hidden_states=output_hidden_states)
+        out = self.model(input_ids, attention_mask, position_ids, cache, output_hidden_states=output_hidden_states,
+                         deterministic=deterministic, dropout_rng=dropout_rng)  # fmt: skip
         x = out.last_hidden_state[:, -logits_to_keep:] if logits_to_keep else out.last_hidden_state
         logits = self.model.embed_tokens.attend(x) if self.lm_head is None else self.lm_head(x)
-        logits = constrain(logits, ("act_batch", "act_seq", "act_vocab"))
+        logits = constrain(logits, ACT_BTV)
         return CausalLMOutput(logits=logits, cache=out.cache, hidden_states=out.hidden_states)
 
 
@@ -286,45 +296,55 @@ class LlamaForSequenceClassification(_LlamaHead):
             cfg.hidden_size, cfg.num_labels, axes=("embed", "labels"), use_bias=False, opts=options, rngs=rngs
         )
 
-    def __call__(self, input_ids, attention_mask=None, position_ids=None, *,
-                 output_hidden_states: bool = False) -> SequenceClassifierOutput:  # fmt: skip
+    def __call__(self, input_ids, attention_mask=None, position_ids=None, *, output_hidden_states: bool = False,
+                 deterministic: bool = True, dropout_rng=None) -> SequenceClassifierOutput:  # fmt: skip
         """Logits `[B, num_labels]` read at each row's last non-padding token (HF's rule)."""
         ids, mask = check_input_ids(input_ids, attention_mask, vocab_size=self.config.vocab_size)  # before int32
-        out = self.model(ids, mask, position_ids, output_hidden_states=output_hidden_states)
+        out = self.model(ids, mask, position_ids, output_hidden_states=output_hidden_states,
+                         deterministic=deterministic, dropout_rng=dropout_rng)  # fmt: skip
         logits = self.score(out.last_hidden_state)  # [B, T, num_labels]
         return SequenceClassifierOutput(logits=last_token(logits, ids, mask, self.config.pad_token_id),
                                         hidden_states=out.hidden_states)  # fmt: skip
 
 
-_TASKS = {"base": LlamaModel, "causal-lm": LlamaForCausalLM, "sequence-classification": LlamaForSequenceClassification}
-_FAMILY = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "gemma": "Gemma"}
-_FAMILY_CLASSES: dict[str, dict[str, type]] = {}
+# One class per HF architecture name, so that loading picks them from config.json's `architectures` and saving
+# writes them back; the code is Llama's (the family differences are data on the config).
+class MistralModel(LlamaModel):
+    hf_architecture = "MistralModel"
 
 
-def _family_classes(model_type: str) -> dict[str, type]:
-    """HF-named subclasses per family (MistralForCausalLM, ...), so saved configs name the right architecture."""
-    if model_type not in _FAMILY_CLASSES:
-        prefix = _FAMILY[model_type]
-        out = {}
-        for task, cls in _TASKS.items():
-            if model_type == "llama":
-                out[task] = cls
-                continue
-            name = cls.__name__.replace("Llama", prefix)
-            out[task] = type(name, (cls,), {"hf_architecture": name, "__module__": __name__})
-        _FAMILY_CLASSES[model_type] = out
-    return _FAMILY_CLASSES[model_type]
+class MistralForCausalLM(LlamaForCausalLM):
+    hf_architecture = "MistralForCausalLM"
 
 
-def tasks_for(model_type: str) -> dict[str, type]:
-    return _family_classes(model_type)
+class MistralForSequenceClassification(LlamaForSequenceClassification):
+    hf_architecture = "MistralForSequenceClassification"
 
 
-def config_for(model_type: str) -> type:
-    return LlamaConfig
+class Qwen2Model(LlamaModel):
+    hf_architecture = "Qwen2Model"
 
 
-TASKS = _TASKS
+class Qwen2ForCausalLM(LlamaForCausalLM):
+    hf_architecture = "Qwen2ForCausalLM"
+
+
+class Qwen2ForSequenceClassification(LlamaForSequenceClassification):
+    hf_architecture = "Qwen2ForSequenceClassification"
+
+
+class GemmaModel(LlamaModel):
+    hf_architecture = "GemmaModel"
+
+
+class GemmaForCausalLM(LlamaForCausalLM):
+    hf_architecture = "GemmaForCausalLM"
+
+
+class GemmaForSequenceClassification(LlamaForSequenceClassification):
+    hf_architecture = "GemmaForSequenceClassification"
+
+
 _L = "layers.*."
 _B = "layers.block."
 _HEADS = SplitAxis(-1, "num_attention_heads")
@@ -352,5 +372,59 @@ HF_WEIGHTS = (
     Rule("lm_head.weight", "lm_head.kernel", T(), unless="tie_word_embeddings", head=True),
     Rule("score.weight", "score.kernel", T(), head=True),
 )
-for _cls in _TASKS.values():
-    _cls.hf_weights = HF_WEIGHTS
+
+# GGUF (llama.cpp) tensor names and per-architecture facts, read by `jaxformers.convert.gguf` (the format of this
+# table is described there). llama.cpp writes "llama" for Llama, Mistral and SmolLM files.
+GGUF_NAMES = {
+    "architectures": {
+        # permuted_qk: llama.cpp interleaves the two rotary halves of every q/k head (undone when read);
+        # bias_flags: config.json states head_dim, attention_bias and mlp_bias (Qwen2's q/k/v always carry a bias)
+        "llama": {"model_type": "llama", "architecture": "LlamaForCausalLM", "permuted_qk": True, "bias_flags": True},
+        "qwen2": {"model_type": "qwen2", "architecture": "Qwen2ForCausalLM", "permuted_qk": False, "bias_flags": False},
+    },
+    "global": {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"},
+    "block_prefix": "model.layers",
+    "block": {
+        "attn_norm": "input_layernorm",
+        "ffn_norm": "post_attention_layernorm",
+        "attn_q": "self_attn.q_proj",
+        "attn_k": "self_attn.k_proj",
+        "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj",
+        "ffn_gate": "mlp.gate_proj",
+        "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
+    },
+    "rotary": {"q": "self_attn.q_proj", "k": "self_attn.k_proj"},  # the projections `permuted_qk` applies to
+    # Precomputed llama3 rope frequency factors: derived data with no HF parameter (transformers skips it too).
+    "ignored": ("rope_freqs.weight",),
+}
+
+ARCHITECTURE = Architecture(
+    name="llama",
+    config_class=LlamaConfig,
+    weights=HF_WEIGHTS,
+    classes={
+        "llama": {
+            "base": LlamaModel,
+            "causal-lm": LlamaForCausalLM,
+            "sequence-classification": LlamaForSequenceClassification,
+        },
+        "mistral": {
+            "base": MistralModel,
+            "causal-lm": MistralForCausalLM,
+            "sequence-classification": MistralForSequenceClassification,
+        },
+        "qwen2": {
+            "base": Qwen2Model,
+            "causal-lm": Qwen2ForCausalLM,
+            "sequence-classification": Qwen2ForSequenceClassification,
+        },
+        "gemma": {
+            "base": GemmaModel,
+            "causal-lm": GemmaForCausalLM,
+            "sequence-classification": GemmaForSequenceClassification,
+        },
+    },
+    gguf_names=GGUF_NAMES,
+)

@@ -1,12 +1,7 @@
-"""Tokenizers: `AutoTokenizer.from_pretrained` over the Rust `tokenizers` library, output identical to transformers.
+"""The tokenizer API: `Tokenizer` (one `tokenizers.Tokenizer` with transformers' calling conventions) and
+`BatchEncoding` (what calling it returns).
 
-A `Tokenizer` wraps one `tokenizers.Tokenizer`. It is built from `tokenizer.json` when the model ships one, otherwise
-from the legacy vocabulary files, converted the way transformers 5 converts them: `vocab.txt` (BERT WordPiece),
-`vocab.json` + `merges.txt` (GPT-2 byte-level BPE), `tokenizer.model` (Llama SentencePiece BPE with byte fallback) and
-`spiece.model` (T5 SentencePiece Unigram), or from a GGUF file (`gguf_file=`). `tokenizer_config.json`,
-`special_tokens_map.json` and `chat_template.jinja` supply the special tokens, lengths, padding side and chat template.
-
-Calling the tokenizer returns a dict of 2-D `np.int32` arrays by default (`return_tensors="np"`), ready for
+Calling a tokenizer returns a dict of 2-D `np.int32` arrays by default (`return_tensors="np"`), ready for
 `model(**batch)`; `return_tensors=None` gives transformers' python lists exactly, `"jax"` gives jax arrays.
 """
 
@@ -15,18 +10,17 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import tokenizers
-from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import AddedToken, processors
 
-from jaxformers.hub import HubOptions, is_local, resolve_file
+from jaxformers.tokenization.chat import render_chat_template
 
-__all__ = ["AutoTokenizer", "BatchEncoding", "Tokenizer", "render_chat_template"]
+__all__ = ["BatchEncoding", "Tokenizer", "clean_up_tokenization"]
 
 VERY_LARGE_INTEGER = int(1e30)  # transformers' "no limit" model_max_length
 LARGE_INTEGER = int(1e20)  # above this, model_max_length counts as unset
@@ -41,79 +35,6 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 CHAT_TEMPLATE_DIR = "additional_chat_templates"
-
-# Legacy vocabulary files, per converter family, in the order they are looked for.
-_LEGACY_FILES = {
-    "wordpiece": ("vocab.txt",),
-    "gpt2": ("vocab.json", "merges.txt"),
-    "llama": ("tokenizer.model",),
-    "t5": ("spiece.model",),
-}
-
-_BERT_TOKENS = {
-    "unk_token": "[UNK]",
-    "sep_token": "[SEP]",
-    "pad_token": "[PAD]",
-    "cls_token": "[CLS]",
-    "mask_token": "[MASK]",
-}
-_ROBERTA_TOKENS = {
-    "bos_token": "<s>",
-    "eos_token": "</s>",
-    "sep_token": "</s>",
-    "cls_token": "<s>",
-    "unk_token": "<unk>",
-    "pad_token": "<pad>",
-    "mask_token": "<mask>",
-}
-_WITH_TYPE_IDS = ("input_ids", "token_type_ids", "attention_mask")
-
-# What transformers 5's tokenizer classes contribute beyond the files: converter family for legacy vocabularies,
-# default special tokens, model_input_names and padding side. Any other class behaves like `TokenizersBackend`.
-_CLASSES: dict[str, dict[str, Any]] = {
-    "BertTokenizer": {"family": "wordpiece", "tokens": _BERT_TOKENS, "input_names": _WITH_TYPE_IDS},
-    "ElectraTokenizer": {"family": "wordpiece", "tokens": _BERT_TOKENS, "input_names": _WITH_TYPE_IDS},
-    "DistilBertTokenizer": {"family": "wordpiece", "tokens": _BERT_TOKENS},
-    "GPT2Tokenizer": {
-        "family": "gpt2",
-        "tokens": dict.fromkeys(("unk_token", "bos_token", "eos_token"), "<|endoftext|>"),
-    },
-    "LlamaTokenizer": {
-        "family": "llama",
-        "tokens": {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"},
-        "padding_side": "left",
-    },
-    "T5Tokenizer": {"family": "t5", "tokens": {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}},
-    "RobertaTokenizer": {"tokens": _ROBERTA_TOKENS},
-    "XLMRobertaTokenizer": {"tokens": _ROBERTA_TOKENS},
-    "Qwen2Tokenizer": {
-        "tokens": {"unk_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
-    },
-    "GemmaTokenizer": {
-        "tokens": {"unk_token": "<unk>", "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"},
-        "padding_side": "left",
-    },
-}
-_FAMILY_CLASSES = {
-    "wordpiece": "BertTokenizer",
-    "gpt2": "GPT2Tokenizer",
-    "llama": "LlamaTokenizer",
-    "t5": "T5Tokenizer",
-}
-# config.json model_type -> tokenizer class, used when tokenizer_config.json names none.
-_MODEL_TYPE_CLASSES = {
-    "bert": "BertTokenizer",
-    "distilbert": "BertTokenizer",
-    "electra": "BertTokenizer",
-    "gpt2": "GPT2Tokenizer",
-    "llama": "LlamaTokenizer",
-    "t5": "T5Tokenizer",
-    "mt5": "T5Tokenizer",
-    "roberta": "RobertaTokenizer",
-    "xlm-roberta": "XLMRobertaTokenizer",
-    "qwen2": "Qwen2Tokenizer",
-    "gemma": "GemmaTokenizer",
-}
 
 
 class BatchEncoding(dict):
@@ -241,6 +162,8 @@ class Tokenizer:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs) -> Tokenizer:
         """Same as `AutoTokenizer.from_pretrained`."""
+        from jaxformers.tokenization.auto import AutoTokenizer  # auto builds on this module
+
         return AutoTokenizer.from_pretrained(name_or_path, **kwargs)
 
     # ------------------------------------------------------------------ vocabulary
@@ -354,9 +277,7 @@ class Tokenizer:
         single = f"{f'{bos}:0 ' if add_bos else ''}$A:0{f' {eos}:0' if add_eos else ''}"
         pair = f"{single}{f' {bos}:1' if add_bos else ''} $B:1{f' {eos}:1' if add_eos else ''}"
         special = ([(bos, self.bos_token_id)] if add_bos else []) + ([(eos, self.eos_token_id)] if add_eos else [])
-        self._tokenizer.post_processor = processors.TemplateProcessing(
-            single=single, pair=pair, special_tokens=special
-        )
+        self._tokenizer.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
 
     # ------------------------------------------------------------------ encoding
 
@@ -708,462 +629,10 @@ class Tokenizer:
         )
 
 
-class AutoTokenizer:
-    """Entry point: `AutoTokenizer.from_pretrained(path_or_repo_id)` returns a `Tokenizer`."""
-
-    def __init__(self):
-        raise TypeError("Use AutoTokenizer.from_pretrained(name_or_path).")
-
-    @staticmethod
-    def from_pretrained(name_or_path: str | os.PathLike, **kwargs: Any) -> Tokenizer:
-        """Load the tokenizer of a local model folder or hub repo (see `jaxformers.hub`).
-
-        Hub keywords: revision, cache_dir, local_files_only, token. `gguf_file="x.gguf"` builds the tokenizer from a
-        GGUF file in that folder or repo. Any other keyword overrides the matching tokenizer_config.json entry
-        (pad_token, padding_side, model_max_length, add_bos_token, chat_template, do_lower_case, ...).
-        """
-        opts = HubOptions.pop_from(kwargs)
-        for ignored in ("use_fast", "trust_remote_code"):
-            kwargs.pop(ignored, None)
-        gguf_file = kwargs.pop("gguf_file", None)
-        if gguf_file is not None:
-            return _from_gguf(resolve_file(name_or_path, gguf_file, opts), kwargs, str(name_or_path))
-
-        config = _read_json(resolve_file(name_or_path, TOKENIZER_CONFIG_FILE, opts, required=False))
-        if "added_tokens_decoder" not in config:
-            special_map = _read_json(resolve_file(name_or_path, SPECIAL_TOKENS_MAP_FILE, opts, required=False))
-            config.update({key: value for key, value in special_map.items() if key not in kwargs})
-        template_path = resolve_file(name_or_path, CHAT_TEMPLATE_FILE, opts, required=False)
-        templates = _read_extra_chat_templates(name_or_path)
-        if template_path is not None:
-            templates["default"] = template_path.read_text(encoding="utf-8")
-        if templates:
-            config["chat_template"] = templates["default"] if list(templates) == ["default"] else templates
-        explicit_bos_eos = {key: kwargs[key] for key in ("add_bos_token", "add_eos_token") if key in kwargs}
-        config.update(kwargs)
-
-        class_name = _tokenizer_class_name(name_or_path, config, opts)
-        tokenizer_json = resolve_file(name_or_path, TOKENIZER_FILE, opts, required=False)
-        if class_name == "LlamaTokenizer" and tokenizer_json is not None and '"ByteLevel"' in tokenizer_json.read_text(
-            encoding="utf-8"
-        ):
-            class_name = None  # transformers too loads byte-level "LlamaTokenizer" repos (Llama 3) generically
-        info = _CLASSES.get(class_name or "", {})
-        special = _special_tokens_from_config(config, info.get("tokens", {}))
-        extra_config = config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
-        extra = [_added_token_from_config(t, named=False) if isinstance(t, dict) else t for t in extra_config]
-
-        if tokenizer_json is not None:
-            # transformers ignores add_bos_token / add_eos_token in the config when tokenizer.json exists
-            backend = tokenizers.Tokenizer.from_file(str(tokenizer_json))
-            if backend.padding is not None:
-                config.setdefault("padding_side", backend.padding["direction"])
-                special["pad_token"] = special["pad_token"] or backend.padding["pad_token"]
-            bos_eos = explicit_bos_eos
-        else:
-            family, paths = _find_legacy_files(name_or_path, class_name, opts)
-            if "family" not in info:  # class unknown: the files decide, as the class they belong to
-                info = _CLASSES[_FAMILY_CLASSES[family]]
-                special = _special_tokens_from_config(config, info["tokens"])
-            backend, extra_from_vocab = _CONVERTERS[family](paths, config, special)
-            extra = extra or extra_from_vocab
-            bos_eos = {key: config[key] for key in ("add_bos_token", "add_eos_token") if key in config}
-
-        tokenizer = Tokenizer(
-            backend,
-            special_tokens=special,
-            extra_special_tokens=extra,
-            model_max_length=config.get("model_max_length"),
-            padding_side=config.get("padding_side", info.get("padding_side", "right")),
-            truncation_side=config.get("truncation_side", "right"),
-            model_input_names=config.get("model_input_names", info.get("input_names", ("input_ids", "attention_mask"))),
-            clean_up_tokenization_spaces=config.get("clean_up_tokenization_spaces", False),
-            chat_template=_chat_template_from_config(config.get("chat_template")),
-            name_or_path=str(name_or_path),
-            **bos_eos,
-        )
-        if tokenizer_json is None and info.get("family") in _FIXED_POST_PROCESSORS:
-            _FIXED_POST_PROCESSORS[info["family"]](tokenizer)
-        tokenizer._tokenizer.no_padding()
-        tokenizer._tokenizer.no_truncation()
-        return tokenizer
-
-
-# ---------------------------------------------------------------------- loading helpers
-
-
-def _read_json(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _read_extra_chat_templates(name_or_path: str | os.PathLike) -> dict[str, str]:
-    """Named templates saved under additional_chat_templates/ (local folders only)."""
-    if not is_local(name_or_path):
-        return {}
-    folder = Path(name_or_path).expanduser() / CHAT_TEMPLATE_DIR
-    if not folder.is_dir():
-        return {}
-    return {path.stem: path.read_text(encoding="utf-8") for path in sorted(folder.glob("*.jinja"))}
-
-
-def _chat_template_from_config(value: Any) -> str | dict[str, str] | None:
-    if isinstance(value, (list, tuple)):  # the legacy multi-template format: [{"name": ..., "template": ...}]
-        return {entry["name"]: entry["template"] for entry in value}
-    return value
-
-
 def _special_added_token(value: str | AddedToken) -> AddedToken:
+    """A special token as transformers registers it: kept as given when already an AddedToken, else special and
+    matched on the raw (unnormalized) text."""
     return value if isinstance(value, AddedToken) else AddedToken(str(value), special=True, normalized=False)
-
-
-def _added_token_from_config(value: Mapping[str, Any], named: bool) -> AddedToken:
-    """A serialized AddedToken. As in transformers, one without a "special" field counts as special only when it is
-    a named special token (an extra one stays an ordinary added token, which decode does not skip)."""
-    fields = {k: value[k] for k in ("single_word", "lstrip", "rstrip", "normalized", "special") if k in value}
-    token = AddedToken(value["content"], **fields)
-    if named:
-        token.special = True
-    return token
-
-
-def _special_tokens_from_config(config: Mapping[str, Any], defaults: Mapping[str, str]) -> dict[str, Any]:
-    """Named special tokens from the config (strings, or AddedTokens where the config serialized one), else the
-    class defaults."""
-    special = {}
-    for name in SPECIAL_TOKEN_NAMES:
-        value = config[name] if name in config else defaults.get(name)
-        special[name] = _added_token_from_config(value, named=True) if isinstance(value, dict) else value
-    return special
-
-
-def _tokenizer_class_name(name_or_path: str | os.PathLike, config: Mapping[str, Any], opts: HubOptions) -> str | None:
-    """tokenizer_config.json's class, else config.json's tokenizer_class or model_type; None when unknown."""
-    name = config.get("tokenizer_class")
-    if name is None:
-        model_config = _read_json(resolve_file(name_or_path, "config.json", opts, required=False))
-        name = model_config.get("tokenizer_class") or _MODEL_TYPE_CLASSES.get(model_config.get("model_type", ""))
-    return name.removesuffix("Fast") if name else None
-
-
-def _find_legacy_files(
-    name_or_path: str | os.PathLike, class_name: str | None, opts: HubOptions
-) -> tuple[str, list[Path]]:
-    """The converter family and its vocabulary files, or FileNotFoundError naming everything looked for."""
-    family = _CLASSES.get(class_name or "", {}).get("family")
-    if class_name is not None and class_name in _CLASSES and family is None:
-        raise ValueError(
-            f"{name_or_path} has no {TOKENIZER_FILE} and jaxformers converts legacy vocabulary files only for "
-            f"{sorted(n for n, i in _CLASSES.items() if 'family' in i)}, not {class_name}. Save the tokenizer once "
-            "with transformers (tokenizer.save_pretrained) to get a tokenizer.json."
-        )
-    families = [family] if family else list(_LEGACY_FILES)
-    for candidate in families:
-        paths = [resolve_file(name_or_path, f, opts, required=False) for f in _LEGACY_FILES[candidate]]
-        if all(p is not None for p in paths):
-            return candidate, paths
-    looked_for = [TOKENIZER_FILE] + [" + ".join(_LEGACY_FILES[f]) for f in families]
-    raise FileNotFoundError(
-        f"No tokenizer files in {name_or_path}: looked for {', '.join(looked_for)}"
-        + (f" (tokenizer class {class_name})." if class_name else ".")
-    )
-
-
-# ---------------------------------------------------------------------- legacy converters (transformers 5 behaviour)
-
-
-def _convert_wordpiece(paths: list[Path], config: Mapping[str, Any], special: Mapping[str, str | None]):
-    """BERT vocab.txt, as transformers' BertTokenizer builds it."""
-    unk = special["unk_token"]
-    backend = tokenizers.Tokenizer(models.WordPiece(models.WordPiece.read_file(str(paths[0])), unk_token=str(unk)))
-    backend.normalizer = normalizers.BertNormalizer(
-        clean_text=True,
-        handle_chinese_chars=config.get("tokenize_chinese_chars", True),
-        strip_accents=config.get("strip_accents"),
-        lowercase=config.get("do_lower_case", True),
-    )
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    backend.decoder = decoders.WordPiece(prefix="##")
-    return backend, []
-
-
-def _bert_post_processor(tokenizer: Tokenizer) -> None:
-    cls, sep = tokenizer.cls_token, tokenizer.sep_token
-    cls_id = 2 if tokenizer.cls_token_id is None else tokenizer.cls_token_id
-    sep_id = 3 if tokenizer.sep_token_id is None else tokenizer.sep_token_id
-    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{cls}:0 $A:0 {sep}:0",
-        pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
-        special_tokens=[(cls, cls_id), (sep, sep_id)],
-    )
-
-
-def _convert_gpt2(paths: list[Path], config: Mapping[str, Any], special: Mapping[str, str | None]):
-    """GPT-2 vocab.json + merges.txt, as transformers' GPT2Tokenizer builds them: byte-level BPE, no special tokens
-    added unless the config asks for BOS/EOS."""
-    vocab, merges = models.BPE.read_file(str(paths[0]), str(paths[1]))
-    backend = tokenizers.Tokenizer(
-        models.BPE(vocab, merges, dropout=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False)
-    )
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(config.get("add_prefix_space", False)))
-    backend.decoder = decoders.ByteLevel()
-    return backend, []
-
-
-def _load_sentencepiece_proto(path: Path):
-    try:
-        from sentencepiece import sentencepiece_model_pb2
-    except ImportError as e:  # sentencepiece's generated module also needs protobuf
-        raise ImportError(
-            f"Converting the SentencePiece model {path.name} needs the sentencepiece and protobuf packages: "
-            "pip install sentencepiece protobuf"
-        ) from e
-    proto = sentencepiece_model_pb2.ModelProto()
-    proto.ParseFromString(path.read_bytes())
-    return proto
-
-
-def _sentencepiece_added_tokens(proto) -> list[AddedToken]:
-    """Control pieces (special) and user-defined pieces (not special), in id order."""
-    return [
-        AddedToken(piece.piece, normalized=False, special=piece.type == 3)
-        for piece in proto.pieces
-        if piece.type in (3, 4)
-    ]
-
-
-def _merges_from_vocab(vocab: Mapping[str, int]) -> list[tuple[str, str]]:
-    """BPE merges implied by a vocabulary, ranked by the merged piece's id (transformers' `generate_merges`)."""
-    merges = []
-    for piece, rank in vocab.items():
-        splits = [(piece[:i], piece[i:], rank) for i in range(1, len(piece))]
-        local = [split for split in splits if split[0] in vocab and split[1] in vocab]
-        merges += sorted(local, key=lambda m: (vocab[m[0]], vocab[m[1]]))
-    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])))
-    return [(left, right) for left, right, _ in merges]
-
-
-def _convert_llama(paths: list[Path], config: Mapping[str, Any], special: Mapping[str, str | None]):
-    """Llama tokenizer.model, as transformers 5's LlamaTokenizer converts it: BPE with byte fallback over the
-    SentencePiece pieces, Metaspace pre-tokenizer (▁ prepended to the first chunk only unless `legacy`), no normalizer;
-    BOS/EOS as `add_bos_token` / `add_eos_token` say."""
-    proto = _load_sentencepiece_proto(paths[0])
-    vocab = {piece.piece: i for i, piece in enumerate(proto.pieces)}
-    backend = tokenizers.Tokenizer(
-        models.BPE(vocab=vocab, merges=_merges_from_vocab(vocab), fuse_unk=True, byte_fallback=True, dropout=None)
-    )
-    add_prefix_space = config.get("add_prefix_space")
-    add_prefix_space = True if add_prefix_space is None else bool(add_prefix_space)
-    prepend_scheme = ("always" if config.get("legacy", False) else "first") if add_prefix_space else "never"
-    backend.normalizer = None
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=prepend_scheme, split=False)
-    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
-    if add_prefix_space:
-        steps.append(decoders.Strip(content=" ", left=1))
-    backend.decoder = decoders.Sequence(steps)
-    return backend, _add_user_pieces(backend, proto)
-
-
-def _add_user_pieces(backend: tokenizers.Tokenizer, proto) -> list[str]:
-    """Register SentencePiece control/user pieces as added tokens; returns the control pieces (special tokens)."""
-    pieces = _sentencepiece_added_tokens(proto)
-    backend.add_tokens([p for p in pieces if not p.special])
-    return [p.content for p in pieces]
-
-
-def _convert_t5(paths: list[Path], config: Mapping[str, Any], special: Mapping[str, str | None]):
-    """T5 spiece.model, as transformers 5's T5Tokenizer converts it: Unigram over the pieces plus `extra_ids`
-    sentinel tokens (<extra_id_0> has the highest id), the model's precompiled normalizer, whitespace split and
-    Metaspace; `</s>` appended to every sequence."""
-    proto = _load_sentencepiece_proto(paths[0])
-    extra_ids = int(config.get("extra_ids", 100))
-    vocab = [(piece.piece, piece.score) for piece in proto.pieces]
-    vocab += [(f"<extra_id_{i}>", 0.0) for i in reversed(range(extra_ids))]
-    backend = tokenizers.Tokenizer(models.Unigram(vocab, unk_id=proto.trainer_spec.unk_id, byte_fallback=False))
-    charsmap = proto.normalizer_spec.precompiled_charsmap
-    backend.normalizer = normalizers.Precompiled(charsmap) if charsmap else None
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.WhitespaceSplit(),
-            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
-        ]
-    )
-    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
-    extra = _add_user_pieces(backend, proto)
-    return backend, extra + [f"<extra_id_{i}>" for i in range(extra_ids)]
-
-
-def _t5_post_processor(tokenizer: Tokenizer) -> None:
-    eos = tokenizer.eos_token
-    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single=["$A", eos], pair=["$A", eos, "$B", eos], special_tokens=[(eos, tokenizer.eos_token_id)]
-    )
-
-
-_CONVERTERS = {"wordpiece": _convert_wordpiece, "gpt2": _convert_gpt2, "llama": _convert_llama, "t5": _convert_t5}
-# Families whose transformers class writes its own post-processor after loading, whatever add_bos/eos say.
-_FIXED_POST_PROCESSORS = {"wordpiece": _bert_post_processor, "t5": _t5_post_processor}
-
-
-def _from_gguf(path: Path, overrides: dict[str, Any], name_or_path: str) -> Tokenizer:
-    """A tokenizer from the vocabulary, special tokens and chat template stored in a GGUF file."""
-    from jaxformers.convert.gguf import tokenizer_from_gguf
-
-    info = {**tokenizer_from_gguf(str(path)), **overrides}
-    return Tokenizer(
-        info["tokenizer"],
-        special_tokens={name: info.get(name) for name in ("bos_token", "eos_token", "pad_token", "unk_token")},
-        model_max_length=info.get("model_max_length"),
-        padding_side=info.get("padding_side", "right"),
-        chat_template=info.get("chat_template"),
-        add_bos_token=bool(info.get("add_bos_token", False)),
-        add_eos_token=bool(info.get("add_eos_token", False)),
-        name_or_path=name_or_path,
-    )
-
-
-# ---------------------------------------------------------------------- chat templates
-
-
-def render_chat_template(
-    template: str,
-    messages: Sequence[Mapping[str, Any]],
-    *,
-    tools: Sequence[Mapping[str, Any]] | None = None,
-    documents: Sequence[Mapping[str, Any]] | None = None,
-    add_generation_prompt: bool = False,
-    continue_final_message: bool = False,
-    **template_kwargs: Any,
-) -> str:
-    """Render one conversation exactly as transformers' `apply_chat_template(..., tokenize=False)` does."""
-    if tools is not None and not all(isinstance(tool, Mapping) for tool in tools):
-        raise TypeError("tools must be JSON schemas (dicts).")
-    if documents is not None and not all(isinstance(doc, Mapping) for doc in documents):
-        raise TypeError("documents must be dicts with 'title' and 'text' keys.")
-    chat = []
-    for message in messages:
-        if not isinstance(message, Mapping):
-            raise TypeError(f"Chat messages must be dicts, got {message!r}.")
-        message = _plain_data({key: value for key, value in message.items() if value is not None})
-        reasoning = next((message[k] for k in _REASONING_FIELDS if message.get(k) is not None), None)
-        if reasoning is not None:
-            message = {"thinking": reasoning, **message, "reasoning_content": reasoning}
-        chat.append(message)
-    final_message = None
-    if continue_final_message:
-        if not chat or not isinstance(chat[-1].get("content"), str):
-            raise ValueError("continue_final_message needs a final message with text content.")
-        final_message = chat[-1]["content"]
-        chat[-1]["content"] = final_message + _CONTINUE_TAG
-    rendered = _compile_chat_template(template).render(
-        messages=chat,
-        tools=_plain_data(tools),
-        documents=_plain_data(documents),
-        add_generation_prompt=add_generation_prompt,
-        **_plain_data(template_kwargs),
-    )
-    if final_message is not None:
-        if final_message.strip() not in rendered or _CONTINUE_TAG.strip() not in rendered:
-            raise ValueError("continue_final_message is set but the chat template dropped part of the final message.")
-        cut = rendered.rindex(_CONTINUE_TAG.strip())
-        keeps_spacing = rendered[cut : cut + len(_CONTINUE_TAG)] == _CONTINUE_TAG
-        rendered = rendered[:cut] if keeps_spacing else rendered[:cut].rstrip()
-    return rendered
-
-
-_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
-_CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
-_TEMPLATE_CACHE: dict[str, Any] = {}
-
-
-def _plain_data(value: Any) -> Any:
-    """Copy into plain JSON-like types, so the sandboxed template sees no rich objects."""
-    if value is None or type(value) in (str, int, float, bool):
-        return value
-    if isinstance(value, np.generic):
-        return _plain_data(value.item())
-    for base in (str, bool, int, float):  # subclasses (enums, ...) back to the base type
-        if isinstance(value, base):
-            return base(value)
-    if isinstance(value, Mapping):
-        return {_plain_data(k): _plain_data(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain_data(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_plain_data(v) for v in value)
-    return f"<{type(value).__name__}>"
-
-
-def _compile_chat_template(template: str):
-    """Compile with transformers' Jinja environment: immutable sandbox, trim_blocks, lstrip_blocks, loop controls,
-    `{% generation %}` blocks, `raise_exception`, `strftime_now`, a non-escaping `tojson`."""
-    if template in _TEMPLATE_CACHE:
-        return _TEMPLATE_CACHE[template]
-    import jinja2
-    import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    class GenerationBlocks(jinja2.ext.Extension):
-        """Accept `{% generation %}...{% endgeneration %}` (assistant-mask markers) and render the body as is."""
-
-        tags = {"generation"}
-
-        def parse(self, parser):
-            lineno = next(parser.stream).lineno
-            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-            return jinja2.nodes.CallBlock(self.call_method("_render_body"), [], [], body).set_lineno(lineno)
-
-        def _render_body(self, caller):
-            return caller()
-
-    class TemplateNamespace(jinja2.utils.Namespace):
-        """`namespace()` that refuses underscore attributes, like transformers'."""
-
-        def __init__(*args, **kwargs):
-            self, args = args[0], args[1:]
-            attrs = dict(*args, **kwargs)
-            for name in attrs:
-                TemplateNamespace.check_name(name)
-            jinja2.utils.Namespace.__init__(self, attrs)
-
-        def __setitem__(self, name, value):
-            TemplateNamespace.check_name(name)
-            jinja2.utils.Namespace.__setitem__(self, name, value)
-
-        @staticmethod
-        def check_name(name):
-            if isinstance(name, str) and name.startswith("_"):
-                raise jinja2.exceptions.SecurityError(f"Chat templates cannot set namespace attribute {name!r}.")
-
-    class TemplateDict:
-        def __call__(self, *args, **kwargs):
-            return dict(*args, **kwargs)
-
-        def fromkeys(self, *args, **kwargs):
-            return dict.fromkeys(*args, **kwargs)
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[GenerationBlocks, jinja2.ext.loopcontrols]
-    )
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    env.globals["dict"] = TemplateDict()
-    env.globals["namespace"] = TemplateNamespace
-    compiled = env.from_string(template)
-    _TEMPLATE_CACHE[template] = compiled
-    return compiled
-
-
-# ---------------------------------------------------------------------- small helpers
 
 
 def clean_up_tokenization(text: str) -> str:
