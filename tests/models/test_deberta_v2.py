@@ -32,6 +32,7 @@ import jaxformers as jf
 from jaxformers.convert.engine import ConversionError
 from jaxformers.loading import abstract_model, model_params
 from jaxformers.models import deberta_v2 as dv
+from hf_helpers import randomize_vectors
 
 TOL = 1e-4
 V, T = 97, 9  # vocab_size, batch length
@@ -74,10 +75,7 @@ def build(name, hf_class, directory, **overrides):
     cfg = transformers.DebertaV2Config(**{**SIZES, **CONFIGS[name], **extra, **overrides})
     torch.manual_seed(0)
     model = getattr(transformers, hf_class)(cfg).eval()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith("bias") or p.ndim == 1:
-                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if n.endswith("weight") else 0.0))
+    randomize_vectors(model)
     model.save_pretrained(directory)
     return model
 

@@ -23,6 +23,7 @@ from safetensors.numpy import load_file
 import jaxformers as jf
 from jaxformers.core.options import Options
 from jaxformers.models import electra as el
+from hf_helpers import randomize_vectors
 
 TOL = 1e-4
 CONFIG = dict(vocab_size=97, embedding_size=32, hidden_size=48, num_attention_heads=6, intermediate_size=37,
@@ -45,10 +46,7 @@ def build(hf_class: str, directory, **overrides):
     cfg = transformers.ElectraConfig(**{**CONFIG, **overrides})
     torch.manual_seed(0)
     model = getattr(transformers, hf_class)(cfg).eval()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith("bias") or p.ndim == 1:
-                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if n.endswith("weight") else 0.0))
+    randomize_vectors(model)
     model.save_pretrained(directory)
     return model
 

@@ -23,6 +23,7 @@ from flax import nnx
 import jaxformers as jf
 from jaxformers.convert.engine import ConversionError
 from jaxformers.models import modernbert as mb
+from hf_helpers import randomize_vectors
 
 TOL = 1e-4
 V, T = 97, 11
@@ -55,10 +56,7 @@ def build(hf_class, directory, **overrides):
     cfg = transformers.ModernBertConfig(**{**SIZES, **overrides})
     torch.manual_seed(0)
     model = getattr(transformers, hf_class)(cfg).eval()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith("bias") or p.ndim == 1:
-                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if n.endswith("weight") else 0.0))
+    randomize_vectors(model)
     model.save_pretrained(directory)
     return getattr(transformers, hf_class).from_pretrained(directory, attn_implementation="eager").eval()
 

@@ -24,6 +24,7 @@ from flax import nnx
 import jaxformers as jf
 from jaxformers.convert.engine import ConversionError
 from jaxformers.models import roberta as rb
+from hf_helpers import randomize_vectors
 
 TOL = 1e-4
 V, T = 97, 9  # vocab_size; tokens per test row, exactly what the position tables below hold (pad id + 1 + T rows)
@@ -58,10 +59,7 @@ def build(name, hf_class, directory, **overrides):
     cfg = getattr(transformers, config_class)(**{**SIZES, **kwargs, **extra, **overrides})
     torch.manual_seed(0)
     model = getattr(transformers, hf_class)(cfg).eval()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith("bias") or p.ndim == 1:
-                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if n.endswith("weight") else 0.0))
+    randomize_vectors(model)
     model.save_pretrained(directory)
     return model
 
