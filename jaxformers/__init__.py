@@ -12,6 +12,7 @@ from jaxformers.auto import (
     AutoModelForMaskedLM,
     AutoModelForPreTraining,
     AutoModelForQuestionAnswering,
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
 )
@@ -29,6 +30,10 @@ def __getattr__(name):
         from jaxformers.tokenization import AutoTokenizer
 
         return AutoTokenizer
+    if name in ("task", "pipeline"):
+        from jaxformers import tasks
+
+        return getattr(tasks, name)
     if name in ("generate", "stream", "GenerationConfig"):
         from jaxformers import generation
 
@@ -42,6 +47,7 @@ __all__ = [
     "AutoModelForMaskedLM",
     "AutoModelForPreTraining",
     "AutoModelForQuestionAnswering",
+    "AutoModelForSeq2SeqLM",
     "AutoModelForSequenceClassification",
     "AutoModelForTokenClassification",
     "AutoTokenizer",
@@ -54,6 +60,7 @@ __all__ = [
     "TP",
     "distributed",
     "generate",
+    "pipeline",
     "load",
     "make_mesh",
     "preflight",
@@ -62,5 +69,6 @@ __all__ = [
     "save_pretrained",
     "shard_batch",
     "stream",
+    "task",
     "use_mesh",
 ]

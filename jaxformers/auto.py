@@ -46,3 +46,7 @@ class AutoModelForQuestionAnswering(_AutoModel):
 
 class AutoModelForPreTraining(_AutoModel):
     task = "pretraining"  # e.g. ELECTRA's discriminator (HF ElectraForPreTraining)
+
+
+class AutoModelForSeq2SeqLM(_AutoModel):
+    task = "seq2seq-lm"  # T5 / BART / mBART / Marian with their LM head (jf.generate runs them)

@@ -58,3 +58,25 @@ class QuestionAnsweringOutput(ModelOutput):
     start_logits: jax.Array
     end_logits: jax.Array
     hidden_states: tuple | None = None
+
+
+@struct.dataclass
+class Seq2SeqModelOutput(ModelOutput):
+    """Encoder-decoder base model: the decoder's last hidden state and the encoder's (HF field names)."""
+
+    last_hidden_state: jax.Array
+    encoder_last_hidden_state: jax.Array | None = None
+    cache: Any = None
+    decoder_hidden_states: tuple | None = None
+    encoder_hidden_states: tuple | None = None
+
+
+@struct.dataclass
+class Seq2SeqLMOutput(ModelOutput):
+    """Encoder-decoder LM: decoder logits `[B, T, V]` (or the last `logits_to_keep` positions)."""
+
+    logits: jax.Array
+    encoder_last_hidden_state: jax.Array | None = None
+    cache: Any = None
+    decoder_hidden_states: tuple | None = None
+    encoder_hidden_states: tuple | None = None

@@ -45,11 +45,19 @@ def test_record_is_consistent(model_type):
         assert cls.hf_weights is record.weights and cls.hf_weights, f"{cls.__name__}: weight table not bound"
         assert cls.task == task, f"{cls.__name__}.task is {cls.task!r}, listed as {task!r}"
         assert models.model_class(model_type, task) is cls
-        # the generating classes are exactly the causal-LM heads, and they run as decoders with a KV cache
-        assert cls.can_generate == (task == "causal-lm"), cls.__name__
+        # the generating classes are exactly the causal-LM and seq2seq-LM heads; causal LMs run as decoders with a
+        # KV cache, seq2seq models declare themselves and offer the contract of core.seq2seq
+        assert cls.can_generate == (task in ("causal-lm", "seq2seq-lm")), cls.__name__
+        if task == "causal-lm":
+            assert cls.is_decoder and not cls.is_encoder_decoder, cls.__name__
+        if cls.is_encoder_decoder:
+            assert not cls.is_decoder, cls.__name__
+            if task != "encoder":
+                for method in ("encode", "decode", "init_cache"):
+                    assert callable(getattr(cls, method, None)), f"{cls.__name__}.{method}"
         if cls.can_generate:
-            assert cls.is_decoder and callable(getattr(cls, "init_cache", None)), cls.__name__
-        assert not cls.is_encoder_decoder  # none registered yet: a seq2seq model must extend generate() first
+            assert callable(getattr(cls, "init_cache", None)), cls.__name__
+        assert (task == "seq2seq-lm") <= cls.is_encoder_decoder, cls.__name__
     if record.gguf_names is not None:
         for facts in record.gguf_names["architectures"].values():
             assert facts["architecture"] in [c.hf_architecture for c in record.tasks(facts["model_type"]).values()]
