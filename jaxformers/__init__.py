@@ -7,6 +7,7 @@
 """
 
 from jaxformers.auto import (
+    AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
@@ -38,10 +39,15 @@ def __getattr__(name):
         from jaxformers import generation
 
         return getattr(generation, name)
+    if name in ("TextStreamer", "set_seed"):
+        from jaxformers.generation import streamers
+
+        return getattr(streamers, name)
     raise AttributeError(f"module 'jaxformers' has no attribute {name!r}")
 
 
 __all__ = [
+    "AutoConfig",
     "AutoModel",
     "AutoModelForCausalLM",
     "AutoModelForMaskedLM",
@@ -58,6 +64,7 @@ __all__ = [
     "Options",
     "REPLICATED",
     "TP",
+    "TextStreamer",
     "distributed",
     "generate",
     "pipeline",
@@ -67,6 +74,7 @@ __all__ = [
     "pure",
     "save_checkpoint",
     "save_pretrained",
+    "set_seed",
     "shard_batch",
     "stream",
     "task",

@@ -58,6 +58,10 @@ def load(
       model_class / task: which class to build (e.g. `BertForMaskedLM` or "masked-lm"); default: the checkpoint's
         `architectures[0]`, else the base model.
       dtype / param_dtype / options: compute dtype, storage dtype, or a full `Options`.
+      torch_dtype: transformers' name for the weights' dtype, accepted for familiarity: it sets `param_dtype` (the
+        compute dtype follows it), as "float32" / "bfloat16" / "float16", a torch dtype (`torch.bfloat16`; torch
+        is not imported for it) or "auto": the checkpoint's own dtype (config.json's `dtype` / `torch_dtype`, else
+        its first floating-point tensor's, as transformers). Not together with `dtype` or `param_dtype`.
       mesh / rules: stream every parameter directly onto its `NamedSharding` (rules: preset name or tuple; FSDP if
         a mesh is given without rules; default: the mesh and rules of an enclosing `use_mesh`). The mesh and the
         parameter shapes are checked first (`core.preflight`): a mis-sized mesh raises before anything is read.
@@ -68,11 +72,14 @@ def load(
       revision, cache_dir, local_files_only, token: hub options.
     """
     hub_opts = hub.HubOptions.pop_from(kwargs)
+    if "torch_dtype" in kwargs:
+        param_dtype = _torch_dtype(kwargs.pop("torch_dtype"), dtype, param_dtype)
     overrides = _config_overrides(kwargs)
     options = options or Options()
     if dtype is not None:
         options = options.replace(dtype=dtype)
-    if param_dtype is not None:
+    auto_dtype = isinstance(param_dtype, str) and param_dtype == "auto"  # known once the checkpoint is open
+    if param_dtype is not None and not auto_dtype:
         options = options.replace(param_dtype=param_dtype)
     if mesh is None and shd.get_mesh() is not None:  # inside `use_mesh` / `jax.set_mesh`: load onto that mesh
         mesh, rules = shd.get_mesh(), shd.get_rules() if rules is None else rules
@@ -80,6 +87,8 @@ def load(
         rules = shd.resolve_rules(shd.FSDP if rules is None else rules, mesh)
 
     if isinstance(name_or_path, (str, Path)) and orbax_io.is_checkpoint(name_or_path):
+        if auto_dtype:
+            options = options.replace(param_dtype=_orbax_dtype(name_or_path))
         return _load_orbax(Path(name_or_path), model_class, task, options, mesh, rules, verify=verify)
 
     if gguf_file is not None:
@@ -94,12 +103,67 @@ def load(
         gen_file = hub.resolve_file(name_or_path, GENERATION_CONFIG, hub_opts, required=False)
         generation = config if gen_file is None else _read_json(gen_file)  # HF: the file replaces config.json's ids
     try:
+        if auto_dtype:
+            options = options.replace(param_dtype=_checkpoint_dtype(config, source))
         cls = _choose_class(config, model_class, task)
         cfg = cls.config_class.from_hf({**config, **overrides})
         model = _build(cls, cfg, source, options, mesh, rules)
     finally:
         source.close()
     return _with_generation_config(model, generation)
+
+
+def _torch_dtype(value, dtype, param_dtype):
+    """`load(torch_dtype=...)` as a `param_dtype`: a floating dtype, or "auto"; given with `dtype`/`param_dtype`, or
+    anything else, a ValueError saying what to pass."""
+    if dtype is not None or param_dtype is not None:
+        other = f"dtype={dtype!r}" if dtype is not None else f"param_dtype={param_dtype!r}"
+        raise ValueError(
+            f"load() got both torch_dtype={value!r} and {other}. torch_dtype is transformers' name for the weights' "
+            "dtype (param_dtype here; the compute dtype follows it unless dtype is given): pass only one of them"
+        )
+    text = str(value)  # a torch dtype prints as "torch.bfloat16": read by name, so torch need not be imported
+    if isinstance(value, str) and value == "auto":
+        return "auto"
+    try:
+        dt = jnp.dtype(text.removeprefix("torch.") if isinstance(value, str) or text.startswith("torch.") else value)
+    except (TypeError, ValueError):
+        dt = None
+    if dt is None or not jnp.issubdtype(dt, jnp.floating):
+        raise ValueError(
+            f"torch_dtype={value!r} is not a floating-point dtype; pass 'float32', 'bfloat16', 'float16', a torch "
+            "dtype such as torch.bfloat16, or 'auto' (the checkpoint's own dtype)"
+        )
+    return dt
+
+
+def _checkpoint_dtype(config: dict, source) -> np.dtype:
+    """transformers' `dtype="auto"`: config.json's `dtype` (`torch_dtype` before transformers 5), else the dtype of
+    the first floating-point tensor of the checkpoint (else of its last tensor)."""
+    from jaxformers.convert.safetensors_io import _DTYPES
+
+    named = config.get("dtype") or config.get("torch_dtype")
+    if isinstance(named, str):
+        return _torch_dtype(named, None, None)
+    found = None
+    for key in source.keys():
+        raw = source.dtype(key)  # "BF16" (safetensors), "torch.bfloat16" (pickle) or a numpy dtype (GGUF)
+        if isinstance(raw, str):
+            raw = _DTYPES.get(raw) or raw.removeprefix("torch.")
+        found = np.dtype(raw)
+        if jnp.issubdtype(found, jnp.floating):
+            return found
+    return found if found is not None else np.dtype(np.float32)
+
+
+def _orbax_dtype(directory) -> np.dtype:
+    """The dtype a jaxformers Orbax checkpoint stores (of its first floating-point array), for `torch_dtype="auto"`."""
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ckptr:
+        saved = ckptr.metadata(orbax_io.resolve(directory) / "params")
+    leaves = [np.dtype(x.dtype) for x in jax.tree.leaves(getattr(saved, "item_metadata", saved))]
+    return next((d for d in leaves if jnp.issubdtype(d, jnp.floating)), leaves[-1] if leaves else np.float32)
 
 
 GENERATION_CONFIG = "generation_config.json"

@@ -2,6 +2,8 @@
 
     python scripts/bench_generate.py                      # GPT-2-small and a ~125M Llama, batch 1 and 8
     python scripts/bench_generate.py --models llama --batches 1 --repeats 5
+    python scripts/bench_generate.py --arch t5 bart     # encoder-decoders: t5-small / bart-base sized, 64-token source,
+                                                        # 64 new tokens (the settings; --prompt/--new override)
 
 Settings (both sides identical): fp32, random weights, a 32-token prompt, 128 new tokens, greedy, KV cache, and an
 EOS id that the run checks never occurred, so every run makes exactly 128 tokens. Prints tokens/s, the per-step
@@ -26,7 +28,18 @@ MODELS = {
                                                       num_attention_heads=12, num_key_value_heads=4,
                                                       intermediate_size=2048, max_position_embeddings=2048,
                                                       tie_word_embeddings=False)),  # fmt: skip
+    # encoder-decoders: the prompt is the encoder's source, the output the decoder's tokens (start token first)
+    "t5": ("T5Config", "T5ForConditionalGeneration", dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048,
+                                                          num_layers=6, num_heads=8, feed_forward_proj="relu",
+                                                          decoder_start_token_id=0)),  # fmt: skip  (t5-small, 60M)
+    "bart": ("BartConfig", "BartForConditionalGeneration", dict(vocab_size=50265, d_model=768, encoder_layers=6,
+                                                                decoder_layers=6, encoder_attention_heads=12,
+                                                                decoder_attention_heads=12, encoder_ffn_dim=3072,
+                                                                decoder_ffn_dim=3072, max_position_embeddings=1024,
+                                                                decoder_start_token_id=2, forced_bos_token_id=None,
+                                                                forced_eos_token_id=None)),  # fmt: skip  (bart-base)
 }
+SEQ2SEQ = ("t5", "bart")
 
 
 def median_time(fn, repeats: int) -> float:
@@ -40,10 +53,10 @@ def median_time(fn, repeats: int) -> float:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--models", "--arch", nargs="+", default=["gpt2", "llama"], choices=list(MODELS))
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
-    ap.add_argument("--prompt", type=int, default=32)
-    ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--prompt", type=int, default=None, help="prompt (source) tokens: 32, or 64 for encoder-decoders")
+    ap.add_argument("--new", type=int, default=None, help="new tokens: 128, or 64 for encoder-decoders")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-torch", action="store_true", help="time jaxformers only")
     ap.add_argument("--scan-layout", action="store_true",
@@ -59,6 +72,9 @@ def main():
     import jaxformers as jf
 
     print(f"jax {jax.__version__} on {jax.devices()}, torch {torch.__version__} with {torch.get_num_threads()} threads")
+    seq2seq_only = all(m in SEQ2SEQ for m in args.models)
+    args.prompt = args.prompt or (64 if seq2seq_only else 32)
+    args.new = args.new or (64 if seq2seq_only else 128)
     print(f"prompt {args.prompt} tokens, {args.new} new tokens, greedy, fp32, KV cache, median of {args.repeats}\n")
     header = f"{'model':<7}{'batch':>6}{'impl':>12}{'tok/s':>9}{'ms/step':>9}{'first call s (compile)':>24}{'ratio':>8}"
     print(header)
@@ -70,11 +86,16 @@ def main():
         cfg = getattr(transformers, cfg_cls)(**kw, eos_token_id=eos, bos_token_id=0, pad_token_id=eos)
         torch.manual_seed(0)
         ref = getattr(transformers, model_cls)(cfg).eval()
+        seq2seq = name in SEQ2SEQ
+        auto = jf.AutoModelForSeq2SeqLM if seq2seq else jf.AutoModelForCausalLM
         with tempfile.TemporaryDirectory() as tmp:
             ref.save_pretrained(tmp)
-            model = jf.AutoModelForCausalLM.from_pretrained(tmp)
+            model = auto.from_pretrained(tmp)
+        # where the new tokens start in both outputs: after the prompt (decoder-only) or the decoder start token
+        first_new = 1 if seq2seq else args.prompt
         for b in args.batches:
-            ids = np.random.RandomState(b).randint(1, vocab - 1, (b, args.prompt)).astype(np.int32)
+            lo = 3 if seq2seq else 1  # encoder-decoders: keep clear of the special ids 0-2 in the source
+            ids = np.random.RandomState(b).randint(lo, vocab - 1, (b, args.prompt)).astype(np.int32)
             gen = dict(do_sample=False, eos_token_id=eos, pad_token_id=eos)
 
             def ours(n, unroll=True):
@@ -84,7 +105,7 @@ def main():
             out = ours(args.new)
             first = time.perf_counter() - t0
             ours(1)
-            assert out.shape == (b, args.prompt + args.new) and not (out[:, args.prompt :] == eos).any(), (
+            assert out.shape == (b, first_new + args.new) and not (out[:, first_new:] == eos).any(), (
                 "the EOS id occurred: pick another"
             )
             t_all, t_one = median_time(lambda: ours(args.new), args.repeats), median_time(lambda: ours(1), args.repeats)
@@ -112,7 +133,7 @@ def main():
                     lambda: theirs(1), args.repeats
                 )
                 res["pt_tps"], res["pt_step"] = b * args.new / p_all, (p_all - p_one) / (args.new - 1)
-                res["agree"] = float((ref_out[:, args.prompt :] == out[:, args.prompt :]).mean())
+                res["agree"] = float((ref_out[:, first_new:] == out[:, first_new:]).mean())
                 line += f"{res['jf_tps'] / res['pt_tps']:>8.2f}"
                 print(line)
                 if args.scan_layout:

@@ -9,6 +9,18 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 if [ "${1:-}" = "--test" ]; then
   .venv/bin/python -m pip install -q -e ".[test]"
+  # transformers 4.57: the reference for the pipelines v5 removed (question-answering, summarization, translation,
+  # text2text). It cannot share site-packages with 5.x and refuses tokenizers 0.23 / huggingface_hub 1.x at import,
+  # so it goes with the versions it accepts into an overlay that tests/tasks/tf4.py puts first on a subprocess's
+  # PYTHONPATH (torch, numpy and the rest come from .venv). Skipped when already there (~8 s, 135 MB otherwise).
+  TF4=(transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.2)
+  if ! [ -d .venv/tf4/transformers-4.57.6.dist-info ] || ! [ -d .venv/tf4/tokenizers-0.22.2.dist-info ] \
+      || ! [ -d .venv/tf4/huggingface_hub-0.36.2.dist-info ]; then
+    rm -rf .venv/tf4
+    .venv/bin/python -m pip install -q --no-deps --target .venv/tf4 "${TF4[@]}"
+    PYTHONPATH=.venv/tf4 .venv/bin/python -c "import transformers, transformers.pipelines
+assert transformers.__version__ == '4.57.6', transformers.__version__"
+  fi
 else
   .venv/bin/python -m pip install -q -e ".[gguf]"
 fi

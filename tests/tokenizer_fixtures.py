@@ -296,3 +296,130 @@ def wordpiece_dir(root: Path, name: str, tokenizer_class: str | None, model_type
     if model_type is not None:
         (out / "config.json").write_text(json.dumps({"model_type": model_type}))
     return out
+
+
+# ---------------------------------------------------------------------- seq2seq tokenizers (T5, BART, mBART, Marian)
+
+
+def t5_legacy_json_dir(root: Path) -> Path:
+    """t5-small's layout as transformers 4 saved it: a tokenizer.json from its T5Converter (precompiled charsmap plus
+    runs of spaces to one, Metaspace alone, 100 sentinels in the vocabulary), a config listing the sentinels as
+    additional_special_tokens, and no spiece.model. transformers 5 rebuilds the tokenizer from the vocabulary."""
+    import base64
+
+    from sentencepiece import sentencepiece_model_pb2
+
+    (root / "t5_legacy_json").mkdir()
+    out = t5_dir(root / "t5_legacy_json")
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString((out / "spiece.model").read_bytes())
+    (out / "spiece.model").unlink()
+    n = 100
+    vocab = [[piece.piece, piece.score] for piece in proto.pieces]
+    vocab += [[f"<extra_id_{i}>", 0.0] for i in reversed(range(n))]
+    flags = {"single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+    added = [{"id": i, "content": t, **flags} for i, t in enumerate(["<pad>", "</s>", "<unk>"])]
+    added += [{"id": len(proto.pieces) + n - 1 - i, "content": f"<extra_id_{i}>", **flags} for i in range(n)]
+    charsmap = base64.b64encode(proto.normalizer_spec.precompiled_charsmap).decode()
+    metaspace = {"type": "Metaspace", "replacement": "▁", "add_prefix_space": True, "prepend_scheme": "always"}
+    seq_a, seq_b = {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 0}}
+    eos = {"SpecialToken": {"id": "</s>", "type_id": 0}}
+    data = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
+        "normalizer": {
+            "type": "Sequence",
+            "normalizers": [
+                {"type": "Precompiled", "precompiled_charsmap": charsmap},
+                {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "},
+            ],
+        },
+        "pre_tokenizer": metaspace,
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [seq_a, eos],
+            "pair": [seq_a, eos, seq_b, eos],
+            "special_tokens": {"</s>": {"id": "</s>", "ids": [1], "tokens": ["</s>"]}},
+        },
+        "decoder": metaspace,
+        "model": {"type": "Unigram", "unk_id": 2, "vocab": vocab},
+    }
+    (out / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    config = {
+        "tokenizer_class": "T5Tokenizer",
+        "extra_ids": n,
+        "additional_special_tokens": [f"<extra_id_{i}>" for i in range(n)],
+        "model_max_length": 512,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    return out
+
+
+def bart_dir(root: Path, name: str = "bart", model_type_only: bool = False) -> Path:
+    """facebook/bart-base's layout: RoBERTa's vocab.json + merges.txt (trained here) with a config naming
+    BartTokenizer, or (`model_type_only`) no tokenizer_config.json and a config.json of model_type bart."""
+    out = roberta_dir(root, name)
+    if model_type_only:
+        (out / "tokenizer_config.json").unlink()
+        (out / "config.json").write_text(json.dumps({"model_type": "bart", "architectures": ["BartModel"]}))
+    else:
+        (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BartTokenizer"}))
+    return out
+
+
+def mbart_dir(root: Path, name: str, tokenizer_class: str = "MBartTokenizer", **config) -> Path:
+    """mBART's (or mBART-50's) sentencepiece.bpe.model, fairseq style (<unk> 0, <s> 1, </s> 2, no pad), a BPE model
+    trained here, with a config naming `tokenizer_class`. The tokenizer shifts the pieces by one for <pad> and
+    appends the language codes and <mask>."""
+    out = root / name
+    out.mkdir()
+    options = {"vocab_size": 300, "model_type": "bpe", "unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": -1}
+    _train_sentencepiece(out, "sentencepiece.bpe", corpus(), **options)
+    (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": tokenizer_class, **config}))
+    return out
+
+
+def marian_dir(root: Path, name: str = "marian", separate_vocabs: bool = False) -> Path:
+    """An opus-mt folder: source.spm and target.spm (Unigram, <unk> 0, <s> 1, </s> 2, trained here on different
+    text: the target side is upper case with "ñandú ß"), vocab.json ("</s>" 0, "<unk>" 1, the language codes
+    >>fra<< >>deu<< >>zho<<, the pieces of both models (or, with `separate_vocabs`, of the source model, and
+    target_vocab.json those of the target model), "<pad>" last) and a MarianTokenizer config. "▁the", a source piece,
+    is left out of the vocabularies so that it encodes as <unk>, as transformers does for pieces it cannot map."""
+    import sentencepiece
+
+    out = root / name
+    out.mkdir()
+    options = {"model_type": "unigram", "unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": -1}
+    _train_sentencepiece(out, "source", corpus(), vocab_size=150, **options).rename(out / "source.spm")
+    target_lines = [line.upper() + " ñandú ß" for line in corpus(1500, seed=1)]
+    _train_sentencepiece(out, "target", target_lines, vocab_size=130, **options).rename(out / "target.spm")
+
+    def pieces(path: Path) -> list[str]:
+        model = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        return [model.id_to_piece(i) for i in range(3, model.get_piece_size())]  # without <unk> <s> </s>
+
+    def vocab(tokens: list[str]) -> dict[str, int]:
+        ids = {"</s>": 0, "<unk>": 1}
+        for token in [">>fra<<", ">>deu<<", ">>zho<<", *tokens]:
+            if token not in ids and token != "▁the":
+                ids[token] = len(ids)
+        ids["<pad>"] = len(ids)
+        return ids
+
+    source, target = pieces(out / "source.spm"), pieces(out / "target.spm")
+    if separate_vocabs:
+        (out / "vocab.json").write_text(json.dumps(vocab(source), ensure_ascii=False), encoding="utf-8")
+        (out / "target_vocab.json").write_text(json.dumps(vocab(target), ensure_ascii=False), encoding="utf-8")
+    else:
+        (out / "vocab.json").write_text(json.dumps(vocab(source + target), ensure_ascii=False), encoding="utf-8")
+    config = {
+        "tokenizer_class": "MarianTokenizer",
+        "separate_vocabs": separate_vocabs,
+        "source_lang": "en",
+        "target_lang": "fr",
+        "model_max_length": 512,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    return out

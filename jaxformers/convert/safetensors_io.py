@@ -455,19 +455,39 @@ def save_safetensors(tensors: dict[str, np.ndarray], path: Path) -> None:
 def replace_atomically(path: Path, write) -> None:
     """Create `path` (or replace it) with what `write(tmp_path)` writes, so that readers and crashes see the old file
     or the complete new one, never a part: written to a hidden temp file next to `path`, fsynced, renamed over it,
-    then the directory fsynced (the rename itself must reach the disk before anything relies on the new file)."""
+    then the directory fsynced (the rename itself must reach the disk before anything relies on the new file).
+
+    The result has an ordinary new file's permissions (0666 less the umask: 0644 with umask 022), whatever `write`
+    created: safetensors writes through a private temp file (mode 0600), which the rename would otherwise keep,
+    leaving saved weights unreadable to other users (a shared model folder, a container running as another user)."""
     import uuid
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         _fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_path(path.parent)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (`os.umask` can only be read by setting it,
+    which would briefly change it for every thread)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomically(path: Path, text: str) -> None:

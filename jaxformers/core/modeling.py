@@ -84,6 +84,39 @@ class PreTrainedModel(nnx.Module):
 
         save_pretrained(self, directory)
 
+    def generate(self, input_ids=None, attention_mask=None, **kwargs):
+        """`jf.generate(model, input_ids, attention_mask, **kwargs)` as a method, as transformers' `model.generate`
+        (`model.generate(**tok(prompts, padding=True), max_new_tokens=20)`); same keywords, same result."""
+        if not self.can_generate:
+            raise TypeError(
+                f"{type(self).__name__} cannot generate text (it has no language-model head); load the checkpoint "
+                "with AutoModelForCausalLM.from_pretrained(...) (or AutoModelForSeq2SeqLM for encoder-decoders)"
+            )
+        from jaxformers.generation import generate  # generation is large: import it on first use
+
+        return generate(self, input_ids, attention_mask, **kwargs)
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Number of parameter elements, as transformers' `num_parameters`: tied weights count once (a tied LM head
+        is the embedding table itself), and `exclude_embeddings` leaves out the embedding tables (token, position,
+        token type: the `Embed` layers, transformers' `nn.Embedding` modules). Every `nnx.Param` is trainable here,
+        so `only_trainable` changes nothing (it is accepted for the HF signature)."""
+        from jaxformers.core.layers import Embed
+
+        del only_trainable  # all parameters are trainable: nothing is frozen in an nnx.Param tree
+        skip: set[int] = set()
+        if exclude_embeddings:
+            for _, node in nnx.iter_graph(self):
+                if isinstance(node, Embed):
+                    skip |= {id(v) for _, v in nnx.iter_graph(node) if isinstance(v, nnx.Param)}
+        seen: set[int] = set()
+        total = 0
+        for _, node in nnx.iter_graph(self):  # each graph node once: a shared (tied) Param is visited once
+            if isinstance(node, nnx.Param) and id(node) not in seen and id(node) not in skip:
+                seen.add(id(node))
+                total += int(np.prod(node.shape))
+        return total
+
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:

@@ -34,7 +34,10 @@ MESH_AXES = ("data", "fsdp", "tp")
 
 # Weight axes and activation axes use disjoint names (an activation's width must not inherit the weight's
 # `embed -> fsdp` mapping while its batch is on `fsdp` too).
-WEIGHT_AXES = ("embed", "mlp", "heads", "kv_heads", "head_dim", "vocab", "layers", "pos", "type_vocab", "labels")
+# "pos": rows of a learned absolute position table (a hard limit on positions: generation reads it); "rel_pos": rows
+# of a relative position table (T5's buckets), which limit nothing
+WEIGHT_AXES = ("embed", "mlp", "heads", "kv_heads", "head_dim", "vocab", "layers", "pos", "rel_pos", "type_vocab",
+               "labels")  # fmt: skip
 ACTIVATION_AXES = (
     "act_batch",
     "act_seq",

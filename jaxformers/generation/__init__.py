@@ -40,6 +40,9 @@ NEW_TOKENS_PER_OCTAVE = 4  # (a power of two) cache sizes per doubling of max_ne
 # Number of traces (= compilations) of each jitted core, for tests and for users who watch compile counts.
 TRACES: collections.Counter = collections.Counter()
 
+# The sampling seed of calls that pass no `key=`; `jf.set_seed(n)` sets it (`generation.streamers.set_seed`).
+DEFAULT_SEED = 0
+
 
 def _counted(name: str, fn: Callable) -> Callable:
     @functools.wraps(fn)
@@ -79,8 +82,12 @@ def generate(
       input_ids: `[B, T]` int prompt ids, left-padded (`tokenizer.padding_side = "left"`); numpy or jax.
       attention_mask: `[B, T]`, 1 for real tokens (default: all ones).
       generation_config: base settings (default: the checkpoint's `generation_config.json`, then the model config).
-      key: PRNG key (or int seed) for sampling; default seed 0, so sampling is reproducible.
-      streamer: called with each chunk of new tokens `[B, n]` as they are produced (greedy / sampling only).
+      key: PRNG key (or int seed) for sampling (`do_sample=True`). Default: `jax.random.key(DEFAULT_SEED)`, seed 0
+        unless `jf.set_seed(n)` changed it, so an unkeyed call samples the same tokens every time; pass a different
+        `key` per call for different samples.
+      streamer: called with each chunk of new tokens `[B, n]` as they are produced (greedy / sampling only); or an
+        object with `put` / `end` (`jf.TextStreamer(tok)`, transformers' streamers): `put` gets the prompt, then
+        each chunk, and `end()` is called at the end (`generation.streamers`).
       chunk_steps: decode steps per streamed chunk, an int >= 1.
       unroll_layers: run the decode loop over per-layer weights and cache (faster decode steps; the weights are
         sliced once per call). False keeps the model's layout (scanned layers: less memory, faster compile).
@@ -98,13 +105,17 @@ def generate(
       estimated KV cache, or the prefill's attention, needs more memory than the device has available. A failure
       of the compiled programs (or of compiling them) is raised here too.
     """
+    from jaxformers.generation.streamers import callbacks
+
+    on_chunk, on_end = callbacks(streamer, input_ids)
     out = None
     for item in _generate(model, input_ids, attention_mask, generation_config, key, chunk_steps, unroll_layers,
-                          kwargs, streaming=streamer is not None):  # fmt: skip
+                          kwargs, streaming=on_chunk is not None):  # fmt: skip
         if isinstance(item, _Final):
             out = item.sequences
         else:
-            streamer(item)
+            on_chunk(item)
+    on_end()
     return out
 
 
@@ -163,12 +174,22 @@ class _Final:
 
 def _generate(model, input_ids, attention_mask, generation_config, key, chunk_steps, unroll, kwargs, *, streaming):
     chunk_steps = _check_chunk_steps(chunk_steps)
+    decoder_input_ids = kwargs.pop("decoder_input_ids", None)
     cfg = _settings(model, generation_config, kwargs)
     ids, mask = _check_inputs(model, input_ids, attention_mask)
     facts = _model_facts(model)
+    seq2seq = model.is_encoder_decoder
+    src = src_mask = None
+    if seq2seq:  # the prompt is the encoder's source; the decoder starts from decoder_start_token_id (or a prefix)
+        src, src_mask = ids, mask
+        ids = _decoder_prompt(model, cfg, decoder_input_ids, src.shape[0])
+        mask = np.ones_like(ids)
+    elif decoder_input_ids is not None:
+        raise TypeError(f"decoder_input_ids is for encoder-decoder models; {type(model).__name__} is decoder-only")
     t = ids.shape[1]
     max_new = cfg.max_length_for(t, getattr(model.config, "max_position_embeddings", None)) - t
-    tb = max(MIN_PROMPT_BUCKET, 1 << (t - 1).bit_length())
+    # seq2seq decoders count positions by slot, so their prompt gets no bucket padding (it is one token, or a prefix)
+    tb = t if seq2seq else max(MIN_PROMPT_BUCKET, 1 << (t - 1).bit_length())
     cache_len = tb + new_tokens_bucket(max_new)
     _check_int32(t, max_new, tb, cache_len)
     _check_context(model, facts, t, max_new)
@@ -178,13 +199,18 @@ def _generate(model, input_ids, attention_mask, generation_config, key, chunk_st
     expand = cfg.num_return_sequences if nb == 1 else 1
     if expand > 1:  # sampling several sequences per prompt: HF repeats each prompt
         ids, mask = np.repeat(ids, expand, axis=0), np.repeat(mask, expand, axis=0)
+        if seq2seq:
+            src, src_mask = np.repeat(src, expand, axis=0), np.repeat(src_mask, expand, axis=0)
     rows = ids.shape[0]
     vocab = model.config.vocab_size
     cfg.check_token_ids(vocab, rows)
     # shape buckets: extra rows of padding, extra padding columns on the left (never part of HF's input_ids)
     bb = next((x for x in BATCH_BUCKETS if x >= rows), rows)
     graphdef, state = nnx.split(model)
-    _check_memory(model, state, facts, bb, nb, tb, cache_len)
+    src_b = src_mask_b = None
+    if seq2seq:
+        src_b, src_mask_b = _source_bucket(model, facts, src, src_mask, bb, decode.pad_id(cfg))
+    _check_memory(model, state, facts, bb, nb, tb, cache_len, src_b)
     start = tb - t
     # bucket padding and the filler rows' one token are masked and never returned, but the prefill embeds them: an
     # id outside the vocabulary (a pad_token_id HF never feeds to the model) would give NaN there
@@ -195,7 +221,7 @@ def _generate(model, input_ids, attention_mask, generation_config, key, chunk_st
     ids_b[:rows, start:], mask_b[:rows, start:] = ids, mask
     mask_b[rows:, -1] = 1  # filler rows: one real token, so they are ordinary rows (their output is dropped)
     if isinstance(key, int) or key is None:
-        key = jax.random.key(0 if key is None else key)
+        key = jax.random.key(DEFAULT_SEED if key is None else key)
 
     static = _static_config(cfg)
     common = {"cfg": static, "cache_len": cache_len, "buf_len": cache_len, "unroll": unroll}
@@ -205,6 +231,8 @@ def _generate(model, input_ids, attention_mask, generation_config, key, chunk_st
     pad_len[:rows] = np.argmax(mask, axis=1)  # HF's padding_lengths
     real = np.arange(bb) < rows  # filler rows start finished: they never keep the loop running
     args = (jnp.asarray(ids_b), jnp.asarray(mask_b), jnp.asarray(pad_len), jnp.asarray(real), start, key, max_new)
+    if seq2seq:
+        args += (jnp.asarray(src_b), jnp.asarray(src_mask_b))
     # the loop runs on the decoding layout (per-layer arrays), made once and reused while the weights are unchanged
     dgraph, dstate = decode.decode_model(graphdef, state, rows=bb * nb, unroll=unroll)
     loop = _compile_loop_early(start_fn, (graphdef, state, *args), common, run_fn, (dgraph, dstate), static)
@@ -239,7 +267,8 @@ def _compile_loop_early(start_fn, start_args, common, run_fn, dmodel, cfg) -> co
     so the call would compile again) and once a shape has been seen. A failure here is stored in the future and
     re-raised by the caller's `result()`, with this thread's traceback: never logged and dropped."""
     state = start_args[1]
-    sig = (run_fn, dmodel[0], cfg, common["cache_len"], tuple(np.shape(a) for a in start_args[2:5]))
+    sig = (run_fn, dmodel[0], cfg, common["cache_len"], tuple(np.shape(a) for a in start_args[2:5]),
+           tuple(np.shape(a) for a in start_args[11:]))  # fmt: skip  (a seq2seq source's shape)
     if sig in _LOOPS_SEEN or any(len(x.sharding.device_set) > 1 for x in jax.tree.leaves(state)):
         return None
     _LOOPS_SEEN.add(sig)
@@ -305,11 +334,14 @@ def _static_config(cfg: GenerationConfig) -> GenerationConfig:
 def _check_inputs(model, input_ids, attention_mask):
     from jaxformers.core.modeling import PreTrainedModel
 
-    # the class's declarations, not its attributes: generate() runs a decoder-only LM with a KV cache
-    if not (isinstance(model, PreTrainedModel) and model.can_generate and model.is_decoder):
+    # the class's declarations, not its attributes: generate() runs a decoder-only LM with a KV cache, or an
+    # encoder-decoder LM (core.seq2seq's encode / init_cache / decode)
+    generating = isinstance(model, PreTrainedModel) and model.can_generate
+    if not (generating and (model.is_decoder or model.is_encoder_decoder)):
         raise TypeError(
-            f"generate() needs a causal language model with a KV cache, got {type(model).__name__}; load it with "
-            "AutoModelForCausalLM.from_pretrained(...)"
+            f"generate() needs a language model head, got {type(model).__name__} (a {getattr(model, 'task', '?')!r} "
+            "model, which cannot generate); load a causal LM with AutoModelForCausalLM.from_pretrained(...) or an "
+            "encoder-decoder with AutoModelForSeq2SeqLM.from_pretrained(...)"
         )
     if input_ids is None:
         raise ValueError("input_ids is required: tokenize the prompt first, e.g. tok(prompts, padding=True)")
@@ -331,7 +363,7 @@ def _check_inputs(model, input_ids, attention_mask):
     empty = np.flatnonzero(mask.sum(1) == 0)
     if empty.size:
         raise ValueError(f"prompt rows {empty.tolist()} have no real token (attention_mask all zero)")
-    if (mask[:, -1] == 0).any():
+    if model.is_decoder and (mask[:, -1] == 0).any():
         raise ValueError(
             "right padding detected (attention_mask ends in 0): decoder-only generation needs left-padded prompts; "
             "set tokenizer.padding_side = 'left'"
@@ -340,6 +372,56 @@ def _check_inputs(model, input_ids, attention_mask):
     if ids.min() < 0 or ids.max() >= vocab:
         raise ValueError(f"input_ids hold ids outside the vocabulary [0, {vocab}): min {ids.min()}, max {ids.max()}")
     return ids.astype(np.int32), mask
+
+
+def _decoder_prompt(model, cfg: GenerationConfig, decoder_input_ids, rows: int) -> np.ndarray:
+    """HF's `decoder_input_ids` of a seq2seq generation: `[decoder_start_token_id]` per row (the generation config's,
+    else the model config's), or a prefix the caller gave (all rows the same length; no padding)."""
+    if decoder_input_ids is not None:
+        dec = np.asarray(decoder_input_ids)
+        if dec.ndim != 2 or dec.shape[0] != rows or dec.shape[1] == 0 or not np.issubdtype(dec.dtype, np.integer):
+            raise ValueError(
+                f"decoder_input_ids must be integer ids of shape [batch={rows}, T >= 1], got shape {dec.shape} and "
+                f"dtype {dec.dtype}"
+            )
+        vocab = model.config.vocab_size
+        if dec.min() < 0 or dec.max() >= vocab:
+            raise ValueError(f"decoder_input_ids hold ids outside the vocabulary [0, {vocab})")
+        return dec.astype(np.int32)
+    start = cfg.decoder_start_token_id
+    if start is None:
+        start = getattr(model.config, "decoder_start_token_id", None)
+    if start is None:
+        raise ValueError(
+            f"{type(model).__name__} has no decoder_start_token_id (in generation_config.json or config.json): pass "
+            "decoder_start_token_id=... to generate"
+        )
+    if not isinstance(start, (int, np.integer)):
+        raise ValueError(f"decoder_start_token_id must be one int for every row, got {start!r}")
+    return np.full((rows, 1), int(start), np.int32)
+
+
+def _source_bucket(model, facts, src: np.ndarray, src_mask: np.ndarray, bb: int, pad: int):
+    """A seq2seq source padded to its shape bucket: rows up to `bb` (filler rows: one real token), columns on the
+    right up to a power of two from `MIN_PROMPT_BUCKET`, never past a learned position table (BART/mBART/Marian).
+    The encoder masks the added columns out, and positions of real tokens do not move (padding is on the right)."""
+    rows, s = src.shape
+    limit = _position_limit(model, facts)
+    if limit is not None and s > limit:
+        raise ValueError(
+            f"the source has {s} tokens but {type(model).__name__} has positions for {limit} "
+            f"(max_position_embeddings); truncate it: tokenizer(..., truncation=True, max_length={limit})"
+        )
+    sb = max(MIN_PROMPT_BUCKET, 1 << (s - 1).bit_length())
+    if limit is not None:
+        sb = min(sb, limit)
+    vocab = model.config.vocab_size
+    filler = pad if 0 <= pad < vocab else 0
+    src_b = np.full((bb, sb), filler, np.int32)
+    mask_b = np.zeros((bb, sb), np.int32)
+    src_b[:rows, :s], mask_b[:rows, :s] = src, src_mask
+    mask_b[rows:, 0] = 1
+    return src_b, mask_b
 
 
 def _check_chunk_steps(chunk_steps) -> int:
@@ -397,10 +479,19 @@ def _check_int32(prompt_len: int, max_new: int, tb: int, cache_len: int) -> None
     )
 
 
+def _position_limit(model, facts: _ModelFacts) -> int | None:
+    """How many positions a model with a learned position table (a "pos" axis) has: its config's
+    `max_position_embeddings` (BART's table has 2 more rows than positions), else the table's rows. None without a
+    learned table (RoPE, T5's relative buckets): positions are then unbounded."""
+    if facts.positions is None:
+        return None
+    return getattr(model.config, "max_position_embeddings", None) or facts.positions
+
+
 def _check_context(model, facts: _ModelFacts, prompt_len: int, max_new: int) -> None:
     """A model with a learned position table (GPT-2's `n_positions`) has no embedding past it: transformers fails
     with an IndexError there, so refuse up front. RoPE models accept any position (transformers allows it): warn."""
-    context = facts.positions
+    context = _position_limit(model, facts)
     hard = context is not None
     if context is None:
         context = getattr(model.config, "max_position_embeddings", None)
@@ -418,7 +509,7 @@ def _check_context(model, facts: _ModelFacts, prompt_len: int, max_new: int) -> 
         log.warning("%s; outputs past the context are not meaningful", msg)
 
 
-def _check_memory(model, state, facts: _ModelFacts, bb: int, nb: int, tb: int, cache_len: int) -> None:
+def _check_memory(model, state, facts: _ModelFacts, bb: int, nb: int, tb: int, cache_len: int, src=None) -> None:
     """Refuse, before compiling, a run whose KV cache or prefill attention cannot fit in the memory available.
 
     Otherwise XLA fails at run time (a `JaxRuntimeError` about a dispatch failure and an allocation of some bytes),
@@ -426,7 +517,16 @@ def _check_memory(model, state, facts: _ModelFacts, bb: int, nb: int, tb: int, c
     prefill's `bb`-row cache while it replicates it), the token history, and the prefill's attention intermediates
     (`preflight.estimate_attention_bytes` for the implementation that runs), one layer at a time. Model weights
     are already allocated, so they are not counted (nor is the decode layout's copy of the layer weights)."""
-    leaves = jax.tree.leaves(jax.eval_shape(lambda: model.init_cache(bb * nb, cache_len)))
+    if src is None:
+        leaves = jax.tree.leaves(jax.eval_shape(lambda: model.init_cache(bb * nb, cache_len)))
+    else:  # seq2seq: the cache also holds every decoder layer's cross-attention K/V over the source
+        src_shape = jax.ShapeDtypeStruct((bb * nb, src.shape[1]), jnp.int32)
+
+        def cache_shape(ids):
+            enc = model.encode(ids, jnp.ones(ids.shape, jnp.int32)).last_hidden_state
+            return model.init_cache(ids.shape[0], cache_len, enc, jnp.ones(ids.shape, jnp.int32))
+
+        leaves = jax.tree.leaves(jax.eval_shape(cache_shape, src_shape))
     cache_bytes = sum(x.size * x.dtype.itemsize for x in leaves)
     if nb > 1:
         cache_bytes += cache_bytes // nb

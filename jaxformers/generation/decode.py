@@ -111,15 +111,28 @@ _LAYOUT_CACHE: dict = {}
 
 
 def _forward(model, ids, cache):
-    """One decode step: `ids [B, T]` appended to the cache; next-token logits `[B, V]` in float32."""
-    out = model(ids, jnp.ones(ids.shape, jnp.int32), cache=cache, logits_to_keep=1)
+    """One decode step: `ids [B, T]` appended to the cache; next-token logits `[B, V]` in float32. A seq2seq model
+    runs its decoder only (`decode`), on the cross-attention K/V its cache holds (`core.seq2seq`)."""
+    ones = jnp.ones(ids.shape, jnp.int32)
+    if model.is_encoder_decoder:
+        out = model.decode(ids, ones, cache=cache, logits_to_keep=1)
+    else:
+        out = model(ids, ones, cache=cache, logits_to_keep=1)
     return out.logits[:, -1].astype(jnp.float32), out.cache
 
 
-def _prefill(graphdef, state, ids, mask, cache_len: int, unroll: bool):
+def _prefill(graphdef, state, ids, mask, cache_len: int, unroll: bool, src=None, src_mask=None):
+    """The prompt into a fresh cache; next-token logits. Seq2seq (`src` given): run the encoder once over the source
+    `src [B, S]` / `src_mask`, compute every decoder layer's cross-attention K/V into the cache (`init_cache`), then
+    the decoder prompt `ids` (HF's `decoder_input_ids`: `decoder_start_token_id`, or a given prefix)."""
     model = nnx.merge(graphdef, state)
-    cache = model.init_cache(ids.shape[0], cache_len)
-    out = model(ids, mask, cache=cache, logits_to_keep=1)
+    if src is not None:
+        enc = model.encode(src, src_mask).last_hidden_state
+        cache = model.init_cache(ids.shape[0], cache_len, enc, src_mask)
+        out = model.decode(ids, mask, cache=cache, logits_to_keep=1)
+    else:
+        cache = model.init_cache(ids.shape[0], cache_len)
+        out = model(ids, mask, cache=cache, logits_to_keep=1)
     cache = out.cache.unstacked() if unroll else out.cache
     return out.logits[:, -1].astype(jnp.float32), cache
 
@@ -148,13 +161,14 @@ def _is_eos(tokens, cfg: GenerationConfig):
 
 
 # ----------------------------------------------------------------------------------------------- greedy / sampling
-def greedy_start(graphdef, state, ids, mask, pad_len, real, start, key, max_new, *, cfg: GenerationConfig, cache_len,
-                 buf_len, unroll):  # fmt: skip
+def greedy_start(graphdef, state, ids, mask, pad_len, real, start, key, max_new, src=None, src_mask=None, *,
+                 cfg: GenerationConfig, cache_len, buf_len, unroll):  # fmt: skip
     """Prefill `ids [B, T]` (left-padded, `start` columns of bucket padding first) into a fresh cache.
 
     pad_len `[B]`: HF's `padding_lengths` (left padding of each row, not counting the bucket columns). real `[B]`
-    bool: False for the filler rows of the batch bucket, which start finished so they never keep the loop running."""
-    logits, cache = _prefill(graphdef, state, ids, mask, cache_len, unroll)
+    bool: False for the filler rows of the batch bucket, which start finished so they never keep the loop running.
+    src / src_mask `[B, S]`: a seq2seq model's encoder input (then `ids` are the decoder's first tokens)."""
+    logits, cache = _prefill(graphdef, state, ids, mask, cache_len, unroll, src, src_mask)
     hist = _history(ids, start, pad_len, cfg, buf_len)
     zero = jnp.zeros((), jnp.int32)
     finished = ~real.astype(bool)
@@ -200,14 +214,14 @@ def greedy_run(graphdef, state, st: _GreedyState, stop, *, cfg: GenerationConfig
 
 
 # ------------------------------------------------------------------------------------------------------- beam search
-def beam_start(graphdef, state, ids, mask, pad_len, real, start, key, max_new, *, cfg: GenerationConfig, cache_len,
-               buf_len, unroll):  # fmt: skip
+def beam_start(graphdef, state, ids, mask, pad_len, real, start, key, max_new, src=None, src_mask=None, *,
+               cfg: GenerationConfig, cache_len, buf_len, unroll):  # fmt: skip
     """Prefill the B prompts once, then replicate the cache and logits to `num_beams` rows each (HF expands first;
     the values are identical). Filler rows (`real` False) start not improvable and count as done, their candidates
     as stopped, so the batch-wide stopping tests (HF's `_beam_search_has_unfinished_sequences`) see real rows only."""
     nb = cfg.num_beams
     b = ids.shape[0]
-    logits, cache = _prefill(graphdef, state, ids, mask, cache_len, unroll)
+    logits, cache = _prefill(graphdef, state, ids, mask, cache_len, unroll, src, src_mask)
     rows = jnp.repeat(jnp.arange(b), nb)
     cache, logits = cache.gather_rows(rows), logits[rows]
     pad_len = pad_len[rows]

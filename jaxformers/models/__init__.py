@@ -25,6 +25,11 @@ MODEL_TYPES = {
     "electra": "jaxformers.models.electra",
     "deberta-v2": "jaxformers.models.deberta_v2",
     "modernbert": "jaxformers.models.modernbert",
+    "t5": "jaxformers.models.t5",
+    "mt5": "jaxformers.models.t5",
+    "bart": "jaxformers.models.bart",
+    "mbart": "jaxformers.models.bart",
+    "marian": "jaxformers.models.bart",
 }
 
 TASK_NAMES = (
@@ -35,6 +40,8 @@ TASK_NAMES = (
     "token-classification",
     "question-answering",
     "pretraining",  # ELECTRA's discriminator (HF `ElectraForPreTraining`)
+    "seq2seq-lm",  # encoder-decoder LM heads (T5ForConditionalGeneration, BartForConditionalGeneration, ...)
+    "encoder",  # an encoder-decoder's encoder alone (T5EncoderModel)
 )
 
 

@@ -122,8 +122,11 @@ class Task:
 
     @property
     def max_length(self) -> int | None:
-        """Rows of the model's learned position table (None for relative/rotary positions)."""
-        return getattr(self.model.config, "max_position_embeddings", None)
+        """Tokens the model's learned position table holds (None for relative/rotary positions): its rows, or the
+        config's `max_tokens` where positions start past the padding index (RoBERTa: 2 rows fewer), so that a
+        length bucket never asks for positions the table does not have."""
+        cfg = self.model.config
+        return getattr(cfg, "max_tokens", None) or getattr(cfg, "max_position_embeddings", None)
 
     def _traced(self, core, graphdef, state, batch, static=()):
         TRACES[self.name] += 1

@@ -12,19 +12,17 @@ import json
 from functools import partial
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxformers.core.functional import pure
+from jaxformers.tasks.feature_extraction import pool
 
 
 def mean_pool(hidden: jax.Array, mask: jax.Array, normalize: bool = True) -> jax.Array:
-    """Average `hidden [B, T, D]` over real tokens (`mask [B, T]`), optionally L2-normalised (eps 1e-12)."""
-    m = mask.astype(jnp.float32)[..., None]
-    pooled = (hidden.astype(jnp.float32) * m).sum(1) / jnp.maximum(m.sum(1), 1e-9)
-    if normalize:
-        pooled = pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
-    return pooled
+    """Average `hidden [B, T, D]` over real tokens (`mask [B, T]`), optionally L2-normalised (eps 1e-12): the
+    feature-extraction task's `pool` in mean mode (`jf.task("feature-extraction", ..., pooling="auto")` reads the
+    mode, normalisation and truncation from a sentence-transformers folder)."""
+    return pool(hidden, mask, ("mean",), normalize)
 
 
 @partial(jax.jit, static_argnames=("apply", "normalize"))

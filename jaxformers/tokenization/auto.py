@@ -28,6 +28,8 @@ from jaxformers.tokenization.base import (
     TOKENIZER_FILE,
     Tokenizer,
 )
+from jaxformers.tokenization.marian import MARIAN_FILES, TARGET_VOCAB_FILE, MarianTokenizer
+from jaxformers.tokenization.seq2seq import MBart50Tokenizer, MBartTokenizer, mask_token
 
 __all__ = ["AutoTokenizer"]
 
@@ -57,6 +59,7 @@ _DEBERTA_TOKENS = {
     "cls_token": "[CLS]",
     "mask_token": "[MASK]",
 }
+_MBART50_TOKENS = {name: token for name, token in _ROBERTA_TOKENS.items() if name != "bos_token"}
 _WITH_TYPE_IDS = ("input_ids", "token_type_ids", "attention_mask")
 
 # What transformers 5's tokenizer classes contribute beyond the files: converter family for legacy vocabularies (and,
@@ -77,11 +80,19 @@ _CLASSES: dict[str, dict[str, Any]] = {
     },
     "T5Tokenizer": {"family": "t5", "tokens": {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}},
     "RobertaTokenizer": {"family": "roberta", "tokens": _ROBERTA_TOKENS},
+    "BartTokenizer": {"family": "roberta", "tokens": _ROBERTA_TOKENS},  # transformers 5: an alias of RobertaTokenizer
     "XLMRobertaTokenizer": {"family": "xlm_roberta", "tokens": _ROBERTA_TOKENS},
     "DebertaV2Tokenizer": {
         "family": "deberta_v2",
         "tokens": _DEBERTA_TOKENS,
         "input_names": ("input_ids", "attention_mask", "token_type_ids"),  # transformers' order
+    },
+    "MBartTokenizer": {"family": "mbart", "tokens": _ROBERTA_TOKENS, "class": MBartTokenizer, "mask_lstrip": True},
+    "MBart50Tokenizer": {
+        "family": "mbart50",
+        "tokens": _MBART50_TOKENS,
+        "class": MBart50Tokenizer,
+        "mask_lstrip": True,
     },
     "Qwen2Tokenizer": {
         "tokens": {"unk_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
@@ -110,8 +121,11 @@ _MODEL_TYPE_CLASSES = {
     "t5": "T5Tokenizer",
     "mt5": "T5Tokenizer",
     "roberta": "RobertaTokenizer",
+    "bart": "RobertaTokenizer",
     "xlm-roberta": "XLMRobertaTokenizer",
     "deberta-v2": "DebertaV2Tokenizer",
+    "mbart": "MBartTokenizer",
+    "marian": "MarianTokenizer",
     "qwen2": "Qwen2Tokenizer",
     "gemma": "GemmaTokenizer",
 }
@@ -152,6 +166,8 @@ class AutoTokenizer:
         config.update(kwargs)
 
         class_name = _tokenizer_class_name(name_or_path, config, opts)
+        if class_name == "MarianTokenizer":  # a slow sentencepiece tokenizer in transformers: tokenizer.json unused
+            return _marian_from_files(name_or_path, config, opts)
         tokenizer_json = resolve_file(name_or_path, TOKENIZER_FILE, opts, required=False)
         if (
             class_name == "LlamaTokenizer"
@@ -161,6 +177,8 @@ class AutoTokenizer:
             class_name = None  # transformers too loads byte-level "LlamaTokenizer" repos (Llama 3) generically
         info = _CLASSES.get(class_name or "", {})
         special = _special_tokens_from_config(config, info.get("tokens", {}))
+        if info.get("mask_lstrip"):
+            special["mask_token"] = mask_token(special["mask_token"])
         extra_config = config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
         extra = [_added_token_from_config(t, named=False) if isinstance(t, dict) else t for t in extra_config]
 
@@ -173,6 +191,8 @@ class AutoTokenizer:
             if class_built:
                 data = json.loads(text)
                 convert.rebuild_from_json(info["family"], backend, data, config, special, str(tokenizer_json))
+            if info.get("family") == "t5" and not extra:  # T5Tokenizer's sentinels, unless the config lists its own
+                extra = [f"<extra_id_{i}>" for i in range(int(config.get("extra_ids", 100)))]
             if backend.padding is not None:
                 config.setdefault("padding_side", backend.padding["direction"])
                 special["pad_token"] = special["pad_token"] or backend.padding["pad_token"]
@@ -187,7 +207,9 @@ class AutoTokenizer:
             bos_eos = {key: config[key] for key in ("add_bos_token", "add_eos_token") if key in config}
             class_built = True
 
-        tokenizer = Tokenizer(
+        tokenizer_class = info.get("class", Tokenizer)
+        class_options = {key: config[key] for key in getattr(tokenizer_class, "CONFIG_KEYS", ()) if key in config}
+        tokenizer = tokenizer_class(
             backend,
             special_tokens=special,
             extra_special_tokens=extra,
@@ -199,6 +221,7 @@ class AutoTokenizer:
             chat_template=_chat_template_from_config(config.get("chat_template")),
             name_or_path=str(name_or_path),
             **bos_eos,
+            **class_options,
         )
         if class_built and info.get("family") in convert.FIXED_POST_PROCESSORS:
             convert.FIXED_POST_PROCESSORS[info["family"]](tokenizer, config)
@@ -283,6 +306,46 @@ def _find_legacy_files(
     raise FileNotFoundError(
         f"No tokenizer files in {name_or_path}: looked for {', '.join(looked_for)}"
         + (f" (tokenizer class {class_name})." if class_name else ".")
+    )
+
+
+def _marian_from_files(name_or_path: str | os.PathLike, config: Mapping[str, Any], opts: HubOptions) -> Tokenizer:
+    """A Marian folder: source.spm, target.spm, vocab.json (and target_vocab.json with `separate_vocabs`)."""
+    separate = bool(config.get("separate_vocabs", False))
+    names = [*MARIAN_FILES, *([TARGET_VOCAB_FILE] if separate else [])]
+    paths = [resolve_file(name_or_path, name, opts, required=False) for name in names]
+    missing = [name for name, path in zip(names, paths) if path is None]
+    if missing:
+        raise FileNotFoundError(
+            f"{name_or_path} names MarianTokenizer but lacks {', '.join(missing)}: a Marian tokenizer needs "
+            f"{', '.join(MARIAN_FILES)} (and {TARGET_VOCAB_FILE} when separate_vocabs is true)."
+        )
+
+    def text(value: Any) -> Any:
+        return value["content"] if isinstance(value, dict) else value
+
+    extra = config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
+    added = {int(index): str(text(token)) for index, token in (config.get("added_tokens_decoder") or {}).items()}
+    return MarianTokenizer(
+        paths[0],
+        paths[1],
+        _read_json(paths[2]),
+        _read_json(paths[3]) if separate else None,
+        separate_vocabs=separate,
+        source_lang=config.get("source_lang"),
+        target_lang=config.get("target_lang"),
+        unk_token=str(text(config.get("unk_token") or "<unk>")),
+        eos_token=str(text(config.get("eos_token") or "</s>")),
+        pad_token=str(text(config.get("pad_token") or "<pad>")),
+        extra_special_tokens=[str(text(token)) for token in extra],
+        added_tokens=added,
+        model_max_length=config.get("model_max_length", 512),
+        padding_side=config.get("padding_side", "right"),
+        truncation_side=config.get("truncation_side", "right"),
+        model_input_names=config.get("model_input_names", ("input_ids", "attention_mask")),
+        clean_up_tokenization_spaces=config.get("clean_up_tokenization_spaces", False),
+        chat_template=_chat_template_from_config(config.get("chat_template")),
+        name_or_path=str(name_or_path),
     )
 
 

@@ -283,13 +283,16 @@ class Tokenizer:
 
     def __call__(
         self,
-        text: str | Sequence[str] | Sequence[Sequence[str]],
+        text: str | Sequence[str] | Sequence[Sequence[str]] | None = None,
         text_pair: str | Sequence[str] | Sequence[Sequence[str]] | None = None,
         *,
+        text_target: str | Sequence[str] | Sequence[Sequence[str]] | None = None,
+        text_pair_target: str | Sequence[str] | Sequence[Sequence[str]] | None = None,
         add_special_tokens: bool = True,
         padding: bool | str = False,
         truncation: bool | str | None = None,
         max_length: int | None = None,
+        max_target_length: int | None = None,
         stride: int = 0,
         is_split_into_words: bool = False,
         pad_to_multiple_of: int | None = None,
@@ -302,7 +305,7 @@ class Tokenizer:
         return_offsets_mapping: bool = False,
         return_length: bool = False,
     ) -> BatchEncoding:
-        """Tokenize one text, a batch of texts, or (batches of) text pairs.
+        """Tokenize one text, a batch of texts, or (batches of) text pairs; and/or the targets of a seq2seq model.
 
         Arguments mean what they mean in transformers. `padding`: False/"do_not_pad", True/"longest", "max_length";
         `truncation`: False/None/"do_not_truncate", True/"longest_first", "only_first", "only_second"; `max_length`
@@ -310,19 +313,86 @@ class Tokenizer:
         max length. `token_type_ids` are returned where `model_input_names` lists them unless
         `return_token_type_ids` says otherwise.
 
+        `text_target` (and `text_pair_target`) are encoded as the decoder side, the way the tokenizer encodes
+        targets (mBART: with `tgt_lang`; Marian: with the target vocabulary), with the same padding and truncation
+        (`max_target_length`, if given, replaces `max_length`). With `text` too, their input ids come back as
+        `labels` (padded with the pad id, as in transformers, not -100); alone, they come back as the encoding.
+
         Returns a `BatchEncoding` (a dict). With `return_tensors="np"` (the default) each value is a 2-D `np.int32`
         array (a single text gives shape [1, T]); rows of different lengths raise a ValueError, so pad them or ask
         for `return_tensors=None`, which gives transformers' python lists (flat lists for a single text).
         `"jax"` gives jax arrays.
         """
-        if not isinstance(text, (str, list, tuple)):
-            raise TypeError(f"text must be a string or a list of strings, got {type(text).__name__}.")
+        if text is None and text_target is None:
+            raise ValueError("Nothing to tokenize: pass text (the encoder input), text_target (the labels), or both.")
         if return_tensors not in TENSOR_TYPES:
             raise ValueError(f"return_tensors must be one of {TENSOR_TYPES}, got {return_tensors!r}.")
         if padding_side not in (None, "left", "right"):
             raise ValueError(f"padding_side must be 'left', 'right' or None, got {padding_side!r}.")
         pad_strategy, trunc_strategy, max_length = self._strategies(padding, truncation, max_length, pad_to_multiple_of)
+        options = {
+            "add_special_tokens": add_special_tokens,
+            "pad_strategy": pad_strategy,
+            "trunc_strategy": trunc_strategy,
+            "stride": stride,
+            "is_split_into_words": is_split_into_words,
+            "pad_to_multiple_of": pad_to_multiple_of,
+            "padding_side": padding_side,
+            "return_tensors": return_tensors,
+            "return_token_type_ids": return_token_type_ids,
+            "return_attention_mask": return_attention_mask,
+            "return_overflowing_tokens": return_overflowing_tokens,
+            "return_special_tokens_mask": return_special_tokens_mask,
+            "return_offsets_mapping": return_offsets_mapping,
+            "return_length": return_length,
+        }
+        encoded = None
+        if text is not None:
+            self._switch_to_input_mode()
+            encoded = self._encode(text, text_pair, max_length=max_length, **options)
+        if text_target is None:
+            return encoded
+        self._switch_to_target_mode()
+        try:
+            target_length = max_target_length if max_target_length is not None else max_length
+            targets = self._encode(text_target, text_pair_target, max_length=target_length, **options)
+        finally:
+            self._switch_to_input_mode()  # as transformers: the tokenizer is left encoding inputs
+        if encoded is None:
+            return targets
+        encoded["labels"] = targets["input_ids"]
+        return encoded
 
+    def _switch_to_input_mode(self) -> None:
+        """Set the tokenizer up to encode encoder inputs (a no-op unless the tokenizer has a target side)."""
+
+    def _switch_to_target_mode(self) -> None:
+        """Set the tokenizer up to encode decoder targets (a no-op unless the tokenizer has a target side)."""
+
+    def _encode(
+        self,
+        text: Any,
+        text_pair: Any,
+        *,
+        add_special_tokens: bool,
+        pad_strategy: str,
+        trunc_strategy: str,
+        max_length: int | None,
+        stride: int,
+        is_split_into_words: bool,
+        pad_to_multiple_of: int | None,
+        padding_side: str | None,
+        return_tensors: str | None,
+        return_token_type_ids: bool | None,
+        return_attention_mask: bool | None,
+        return_overflowing_tokens: bool,
+        return_special_tokens_mask: bool,
+        return_offsets_mapping: bool,
+        return_length: bool,
+    ) -> BatchEncoding:
+        """`__call__` for one side (inputs or targets), with validated padding and truncation strategies."""
+        if not isinstance(text, (str, list, tuple)):
+            raise TypeError(f"text must be a string or a list of strings, got {type(text).__name__}.")
         if is_split_into_words:
             is_batched = isinstance(text, (list, tuple)) and bool(text) and isinstance(text[0], (list, tuple))
         else:
@@ -336,9 +406,17 @@ class Tokenizer:
         else:
             inputs = [(text, text_pair)] if text_pair else [text]
 
-        self._configure_backend(pad_strategy, trunc_strategy, max_length, stride, pad_to_multiple_of, padding_side)
-        encodings = self._tokenizer.encode_batch(
-            inputs, add_special_tokens=add_special_tokens, is_pretokenized=is_split_into_words
+        encodings = self._encode_rows(
+            inputs,
+            add_special_tokens=add_special_tokens,
+            is_pretokenized=is_split_into_words,
+            pad_strategy=pad_strategy,
+            trunc_strategy=trunc_strategy,
+            max_length=max_length,
+            stride=stride,
+            pad_to_multiple_of=pad_to_multiple_of,
+            padding_side=padding_side,
+            return_overflowing_tokens=return_overflowing_tokens,
         )
 
         if return_token_type_ids is None:
@@ -346,7 +424,7 @@ class Tokenizer:
         if return_attention_mask is None:
             return_attention_mask = "attention_mask" in self.model_input_names
         fields = {
-            "input_ids": lambda e: e.ids,
+            "input_ids": None,  # `_output_ids`, which also sees the row's input
             "token_type_ids": lambda e: e.type_ids,
             "attention_mask": lambda e: e.attention_mask,
             "special_tokens_mask": lambda e: e.special_tokens_mask,
@@ -366,7 +444,13 @@ class Tokenizer:
             group = [encoding, *encoding.overflowing] if return_overflowing_tokens else [encoding]
             rows += group
             sample_of_row += [index] * len(group)
-        data: dict[str, Any] = {key: [fields[key](e) for e in rows] for key, want in wanted.items() if want}
+        data: dict[str, Any] = {
+            key: [self._output_ids(e, inputs[i]) for e, i in zip(rows, sample_of_row)]
+            if key == "input_ids"
+            else [fields[key](e) for e in rows]
+            for key, want in wanted.items()
+            if want
+        }
         if return_overflowing_tokens:
             data["overflow_to_sample_mapping"] = sample_of_row
 
@@ -375,6 +459,31 @@ class Tokenizer:
                 data = {key: value[0] if value and isinstance(value[0], list) else value for key, value in data.items()}
             return BatchEncoding(data, rows)
         return BatchEncoding({key: _to_tensor(key, value, return_tensors) for key, value in data.items()}, rows)
+
+    def _encode_rows(
+        self,
+        inputs: list,
+        *,
+        add_special_tokens: bool,
+        is_pretokenized: bool,
+        pad_strategy: str,
+        trunc_strategy: str,
+        max_length: int | None,
+        stride: int,
+        pad_to_multiple_of: int | None,
+        padding_side: str | None,
+        return_overflowing_tokens: bool,
+    ) -> list[tokenizers.Encoding]:
+        """One padded, truncated `tokenizers.Encoding` per input (a text, a (text, pair) tuple or a word list)."""
+        self._configure_backend(pad_strategy, trunc_strategy, max_length, stride, pad_to_multiple_of, padding_side)
+        return self._tokenizer.encode_batch(
+            inputs, add_special_tokens=add_special_tokens, is_pretokenized=is_pretokenized
+        )
+
+    def _output_ids(self, encoding: tokenizers.Encoding, source: Any) -> list[int]:
+        """The model's ids of one encoded row, given the input it came from (a text, a (text, pair) tuple or a list
+        of words): the backend's own ids unless a subclass maps them."""
+        return encoding.ids
 
     def _strategies(
         self, padding: Any, truncation: Any, max_length: int | None, pad_to_multiple_of: int | None
@@ -449,12 +558,17 @@ class Tokenizer:
         else:
             self._tokenizer.enable_padding(
                 direction=padding_side or self.padding_side,
-                pad_id=self.pad_token_id,
+                pad_id=self._backend_pad_id(),
                 pad_type_id=0,
                 pad_token=self.pad_token,
                 length=max_length if pad_strategy == "max_length" else None,
                 pad_to_multiple_of=pad_to_multiple_of,
             )
+
+    def _backend_pad_id(self) -> int:
+        """The pad token's id in the backend (the model's pad id, unless a subclass maps backend ids)."""
+        backend_id = self._tokenizer.token_to_id(str(self.pad_token))
+        return self.pad_token_id if backend_id is None else backend_id
 
     def encode(self, text: str, text_pair: str | None = None, *, add_special_tokens: bool = True, **kwargs) -> list:
         """Token ids of one text (or pair) as a python list; keyword arguments as in `__call__`."""
@@ -582,7 +696,8 @@ class Tokenizer:
 
         transformers' `AutoTokenizer.from_pretrained` loads the folder into a tokenizer that encodes and decodes
         identically (the config names the generic `PreTrainedTokenizerFast` class, so the tokenizer.json is used
-        as it is, and records model_input_names and padding side explicitly).
+        as it is, and records model_input_names and padding side explicitly; mBART tokenizers name their own class
+        and languages instead, so that both libraries reload them with `src_lang` / `tgt_lang` switching).
         """
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -598,6 +713,7 @@ class Tokenizer:
             "model_input_names": self.model_input_names,
             "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
             **self.special_tokens_map,
+            **self._saved_config(),
         }
         if self.extra_special_tokens:
             config["extra_special_tokens"] = self.extra_special_tokens
@@ -620,6 +736,10 @@ class Tokenizer:
             special_map["extra_special_tokens"] = self.extra_special_tokens
         written[2].write_text(json.dumps(special_map, indent=2, sort_keys=True, ensure_ascii=False) + "\n", "utf-8")
         return tuple(str(path) for path in written)
+
+    def _saved_config(self) -> dict[str, Any]:
+        """tokenizer_config.json entries a subclass adds (its class and settings) so that it reloads as itself."""
+        return {}
 
     def __repr__(self) -> str:
         return (

@@ -28,8 +28,22 @@ LEGACY_FILES = {
     "t5": ("spiece.model",),
     "xlm_roberta": ("sentencepiece.bpe.model",),
     "deberta_v2": ("spm.model",),
+    "mbart": ("sentencepiece.bpe.model",),  # mBART's and mBART-50's: only their class chooses these families
+    "mbart50": ("sentencepiece.bpe.model",),
     "roberta": ("vocab.json", "merges.txt"),  # GPT-2's files: found first as "gpt2" unless the class says RoBERTa
 }
+
+
+# fairseq language codes that mBART (cc25) and mBART-50 append to the vocabulary, in id order.
+MBART_LANGUAGE_CODES = (
+    "ar_AR", "cs_CZ", "de_DE", "en_XX", "es_XX", "et_EE", "fi_FI", "fr_XX", "gu_IN", "hi_IN", "it_IT", "ja_XX", "kk_KZ",
+    "ko_KR", "lt_LT", "lv_LV", "my_MM", "ne_NP", "nl_XX", "ro_RO", "ru_RU", "si_LK", "tr_TR", "vi_VN", "zh_CN",
+)  # fmt: skip
+MBART50_LANGUAGE_CODES = MBART_LANGUAGE_CODES + (
+    "af_ZA", "az_AZ", "bn_IN", "fa_IR", "he_IL", "hr_HR", "id_ID", "ka_GE", "km_KH", "mk_MK", "ml_IN", "mn_MN", "mr_IN",
+    "pl_PL", "ps_AF", "pt_XX", "sv_SE", "sw_KE", "ta_IN", "te_IN", "th_TH", "tl_XX", "uk_UA", "ur_PK", "xh_ZA", "gl_ES",
+    "sl_SI",
+)  # fmt: skip
 
 
 def _flag(config: Mapping[str, Any], name: str, default: bool) -> bool:
@@ -138,16 +152,10 @@ def _add_user_pieces(backend: tokenizers.Tokenizer, proto) -> list[str]:
     return [p.content for p in pieces]
 
 
-def _convert_t5(paths: list[Path], config: Mapping[str, Any], special: Mapping[str, str | None]):
-    """T5 spiece.model, as transformers 5's T5Tokenizer converts it: Unigram over the pieces plus `extra_ids`
-    sentinel tokens (<extra_id_0> has the highest id), the model's precompiled normalizer, whitespace split and
-    Metaspace; `</s>` appended to every sequence."""
-    proto = _load_sentencepiece_proto(paths[0])
-    extra_ids = int(config.get("extra_ids", 100))
-    vocab = [(piece.piece, piece.score) for piece in proto.pieces]
-    vocab += [(f"<extra_id_{i}>", 0.0) for i in reversed(range(extra_ids))]
-    backend = tokenizers.Tokenizer(models.Unigram(vocab, unk_id=proto.trainer_spec.unk_id, byte_fallback=False))
-    charsmap = proto.normalizer_spec.precompiled_charsmap
+def _t5_backend(vocab: list[tuple[str, float]], charsmap: bytes | None):
+    """transformers 5's T5Tokenizer over a vocabulary: Unigram with <unk> at id 2 whatever the model says, the
+    SentencePiece precompiled normalizer (if any), whitespace split and Metaspace."""
+    backend = tokenizers.Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
     backend.normalizer = normalizers.Precompiled(charsmap) if charsmap else None
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -156,6 +164,17 @@ def _convert_t5(paths: list[Path], config: Mapping[str, Any], special: Mapping[s
         ]
     )
     backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    return backend
+
+
+def _convert_t5(paths: list[Path], config: Mapping[str, Any], special: Mapping[str, str | None]):
+    """T5 spiece.model, as transformers 5's T5Tokenizer converts it: the pieces plus `extra_ids` sentinel tokens
+    (<extra_id_0> has the highest id) under `_t5_backend`; `</s>` appended to every sequence."""
+    proto = _load_sentencepiece_proto(paths[0])
+    extra_ids = int(config.get("extra_ids", 100))
+    vocab = [(piece.piece, piece.score) for piece in proto.pieces]
+    vocab += [(f"<extra_id_{i}>", 0.0) for i in reversed(range(extra_ids))]
+    backend = _t5_backend(vocab, proto.normalizer_spec.precompiled_charsmap)
     extra = _add_user_pieces(backend, proto)
     return backend, extra + [f"<extra_id_{i}>" for i in range(extra_ids)]
 
@@ -282,6 +301,64 @@ def _deberta_v2_post_processor(tokenizer: Tokenizer, config: Mapping[str, Any]) 
     )
 
 
+def _fairseq_language_vocab(
+    pieces: list[tuple[str, float]], special: Mapping[str, str | None], first: str, codes: tuple[str, ...]
+) -> list[tuple[str, float]]:
+    """mBART's fairseq vocabulary: `first` (<s>), <pad>, </s>, <unk> take ids 0-3, the SentencePiece pieces after the
+    model's own <unk> <s> </s> follow shifted by one, then the language codes and <mask>."""
+    names = (first, "pad_token", "eos_token", "unk_token")
+    return [
+        *[(str(special[name]), 0.0) for name in names],
+        *pieces[3:],
+        *[(code, 0.0) for code in codes],
+        (str(special["mask_token"]), 0.0),
+    ]
+
+
+def _mbart_backend(vocab: list[tuple[str, float]]):
+    """transformers 5's MBartTokenizer over a vocabulary: Unigram with <unk> at id 3, no normalizer at all (not even
+    the SentencePiece model's), whitespace split and Metaspace."""
+    backend = tokenizers.Tokenizer(models.Unigram(vocab, unk_id=3, byte_fallback=False))
+    backend.normalizer = None
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
+        ]
+    )
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    return backend
+
+
+def _convert_mbart(paths: list[Path], config: Mapping[str, Any], special: Mapping[str, str | None]):
+    """mBART (cc25) sentencepiece.bpe.model: fairseq ids and the 25 language codes (MBartConverter's vocabulary),
+    read as Unigram log-probabilities whatever the model type, as transformers 5 does."""
+    proto = _load_sentencepiece_proto(paths[0])
+    pieces = [(piece.piece, piece.score) for piece in proto.pieces]
+    backend = _mbart_backend(_fairseq_language_vocab(pieces, special, "bos_token", MBART_LANGUAGE_CODES))
+    return backend, _add_user_pieces(backend, proto)
+
+
+def _mbart50_backend(vocab: list[tuple[str, float]], charsmap: bytes | None):
+    """transformers 5's MBart50Tokenizer over a vocabulary: Unigram with <unk> at id 3; the SentencePiece
+    precompiled normalizer (if any) then runs of spaces to one; Metaspace alone (no whitespace split)."""
+    backend = tokenizers.Tokenizer(models.Unigram(vocab, unk_id=3, byte_fallback=False))
+    steps = [normalizers.Precompiled(charsmap)] if charsmap else []
+    backend.normalizer = normalizers.Sequence([*steps, normalizers.Replace(tokenizers.Regex(" {2,}"), " ")])
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    return backend
+
+
+def _convert_mbart50(paths: list[Path], config: Mapping[str, Any], special: Mapping[str, str | None]):
+    """mBART-50 sentencepiece.bpe.model: fairseq ids and the 52 language codes (MBart50Converter's vocabulary)."""
+    proto = _load_sentencepiece_proto(paths[0])
+    pieces = [(piece.piece, piece.score) for piece in proto.pieces]
+    vocab = _fairseq_language_vocab(pieces, special, "cls_token", MBART50_LANGUAGE_CODES)
+    backend = _mbart50_backend(vocab, proto.normalizer_spec.precompiled_charsmap)
+    return backend, _add_user_pieces(backend, proto)
+
+
 # ---------------------------------------------------------------------- tokenizer.json under a class that rebuilds it
 
 
@@ -312,6 +389,10 @@ def _rebuild_roberta(data: Mapping[str, Any], config: Mapping[str, Any], special
     return _roberta_backend(*_json_bpe(data["model"]), config)
 
 
+def _rebuild_t5(data: Mapping[str, Any], config: Mapping[str, Any], special: Mapping[str, str | None]):
+    return _t5_backend(_json_unigram(data["model"]), _json_charsmap(data.get("normalizer")))
+
+
 def _rebuild_xlm_roberta(data: Mapping[str, Any], config: Mapping[str, Any], special: Mapping[str, str | None]):
     return _xlm_roberta_backend(_json_unigram(data["model"]), _json_charsmap(data.get("normalizer")), config)
 
@@ -319,6 +400,17 @@ def _rebuild_xlm_roberta(data: Mapping[str, Any], config: Mapping[str, Any], spe
 def _rebuild_deberta_v2(data: Mapping[str, Any], config: Mapping[str, Any], special: Mapping[str, str | None]):
     unk_id = config.get("unk_id")
     return _deberta_v2_backend(_json_unigram(data["model"]), 1 if unk_id is None else int(unk_id), config, special)
+
+
+def _rebuild_mbart(data: Mapping[str, Any], config: Mapping[str, Any], special: Mapping[str, str | None]):
+    return _mbart_backend(_json_unigram(data["model"]))
+
+
+def _rebuild_mbart50(data: Mapping[str, Any], config: Mapping[str, Any], special: Mapping[str, str | None]):
+    vocab = _json_unigram(data["model"])
+    if not any(token in MBART50_LANGUAGE_CODES for token, _ in vocab):  # a SentencePiece-ordered vocabulary
+        vocab = _fairseq_language_vocab(vocab, special, "cls_token", MBART50_LANGUAGE_CODES)
+    return _mbart50_backend(vocab, _json_charsmap(data.get("normalizer")))
 
 
 def rebuild_from_json(
@@ -361,18 +453,26 @@ CONVERTERS = {
     "roberta": _convert_roberta,
     "xlm_roberta": _convert_xlm_roberta,
     "deberta_v2": _convert_deberta_v2,
+    "mbart": _convert_mbart,
+    "mbart50": _convert_mbart50,
 }
 # Families whose transformers class rebuilds a tokenizer.json from its vocabulary (see `rebuild_from_json`). The
 # older families' classes do too, but their tokenizer.json files are still used as they are here.
 REBUILT_FROM_JSON = {
+    "t5": (_rebuild_t5, "Unigram"),
     "roberta": (_rebuild_roberta, "BPE"),
     "xlm_roberta": (_rebuild_xlm_roberta, "Unigram"),
     "deberta_v2": (_rebuild_deberta_v2, "Unigram"),
+    "mbart": (_rebuild_mbart, "Unigram"),
+    "mbart50": (_rebuild_mbart50, "Unigram"),
 }
 _FAMILY_NAMES = {
+    "t5": "T5Tokenizer",
     "roberta": "RobertaTokenizer",
     "xlm_roberta": "XLMRobertaTokenizer",
     "deberta_v2": "DebertaV2Tokenizer",
+    "mbart": "MBartTokenizer",
+    "mbart50": "MBart50Tokenizer",
 }
 # Families whose transformers class writes its own post-processor after loading, whatever add_bos/eos say; each
 # takes the loaded tokenizer (special tokens registered, so they have ids) and the tokenizer config.
