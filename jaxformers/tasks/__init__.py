@@ -117,8 +117,9 @@ def _load_parts(cls, canonical: str, model, tokenizer, load_kwargs: dict):
     if isinstance(model, (str, os.PathLike)):
         source = model
         model = load(source, task=cls.heads[0], **load_kwargs)
-        if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(source)
+        if tokenizer is None:  # from the same files: a GGUF file's vocabulary, the same hub revision
+            shared = ("gguf_file", "revision", "cache_dir", "token", "local_files_only")
+            tokenizer = AutoTokenizer.from_pretrained(source, **{k: v for k, v in load_kwargs.items() if k in shared})
     elif not isinstance(model, PreTrainedModel):
         raise TypeError(
             f"model= must be a local folder, a hub repo id or a loaded jaxformers model, got {type(model).__name__}"
