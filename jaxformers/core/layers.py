@@ -111,7 +111,13 @@ class Embed(nnx.Module):
         return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:
-        return jnp.dot(x.astype(self.dtype), self.embedding[...].astype(self.dtype).T)
+        """Logits `x @ table.T` of a tied head. The product is fenced by optimization barriers: XLA:CPU otherwise
+        fuses a neighbouring elementwise op into it (T5's `d_model ** -0.5` scale on `x`, BART's
+        `final_logits_bias` or an MLM bias on the logits) and then wants the `[V, D]` table transposed, which it
+        copies (66 MB for t5-small, 150 MB for BART-base) on every call: in a decode step that copy cost up to 4x
+        the step (scripts/bench_generate.py --arch t5 bart, BENCHMARKS.md). Values are unchanged."""
+        x = jax.lax.optimization_barrier(x.astype(self.dtype))
+        return jax.lax.optimization_barrier(jnp.dot(x, self.embedding[...].astype(self.dtype).T))
 
 
 class LayerNorm(nnx.Module):

@@ -659,10 +659,6 @@ class BartForConditionalGeneration(_Head):
     def _logits(self, x, logits_to_keep: int):
         x = x[:, -logits_to_keep:] if logits_to_keep else x
         logits = self.model.decoder_tokens().attend(x) if self.lm_head is None else self.lm_head(x)
-        # The barrier keeps XLA:CPU from fusing the bias add into the tied head's product: that output fusion wants
-        # the [V, D] table transposed and copied it (150 MB for BART-base) on every decode step, 4x a step's cost
-        # (scripts/bench_generate.py --arch bart; BENCHMARKS.md). Values are unchanged; only the fusion is.
-        logits = jax.lax.optimization_barrier(logits)
         return constrain(logits + self.final_logits_bias[...].astype(logits.dtype), ACT_BTV)
 
     def decode(self, decoder_input_ids, decoder_attention_mask=None, *, encoder_hidden_states=None,
