@@ -12,11 +12,27 @@ familiar `Trainer` on top.
 """
 
 from jaxformers.training import losses
+from jaxformers.training.collators import (
+    DataCollatorForLanguageModeling,
+    DataCollatorForSeq2Seq,
+    DataCollatorForTokenClassification,
+    DataCollatorWithPadding,
+    collator_for,
+)
+from jaxformers.training.data import Features, read_records, tokenize_dataset
 from jaxformers.training.optim import create_optimizer, decay_mask, make_schedule
 from jaxformers.training.state import TrainState, merge_params, split_params, update_model
 from jaxformers.training.step import make_predict_step, make_train_step, model_input_names
 
 __all__ = [
+    "DataCollatorForLanguageModeling",
+    "DataCollatorForSeq2Seq",
+    "DataCollatorForTokenClassification",
+    "DataCollatorWithPadding",
+    "Features",
+    "collator_for",
+    "read_records",
+    "tokenize_dataset",
     "TrainState",
     "create_optimizer",
     "decay_mask",
