@@ -14,6 +14,18 @@ Rules are read when a function is traced: a function jitted under one set of rul
 jit a fresh function (or clear its cache) to switch rules on the same mesh. Flax's `nnx.logical_axis_rules(rules)`
 under `jax.set_mesh(mesh)` works too. A dimension whose size a mesh axis does not divide stays replicated over that
 axis (reported by `jaxformers.core.preflight`), except the batch, which must divide: an indivisible batch raises.
+
+Meshes from `jax.make_mesh(shape, names)` work as well as `make_mesh` ones, whatever their axis names (write rules
+that name them) and axis types. JAX makes `AxisType.Explicit` axes by default; jaxformers runs them as `AxisType.Auto`
+axes over the same devices in the same order (`auto_mesh`). Explicit mode types every array with its sharding and
+asks for `out_sharding=` wherever the output layout is ambiguous: run as is, the tiny Llama's embedding lookup
+already fails under plain DP (`jnp.take` of a replicated table by batch-sharded ids needs `out_sharding`), and so
+would the sharded matmuls of FSDP and TP, i.e. every model file. Auto mode lets XLA propagate the layouts from the
+parameters and the `constrain` points, which is what the rules describe; the compiled programs are those of the
+equivalent `make_mesh` mesh. Arrays already placed on an Explicit mesh are relabelled for its Auto twin
+(`to_auto`): the same buffers, no copy. Enter the mesh with `use_mesh` (not `jax.set_mesh`), which activates the
+Auto twin, and place your own arrays with `shard_batch` or on the mesh `use_mesh` yields: JAX refuses to mix arrays
+of an Explicit mesh and of its Auto twin in one call.
 """
 
 from __future__ import annotations
@@ -119,8 +131,8 @@ def make_mesh(
     unknown = sorted(set(sizes) - set(MESH_AXES))
     if unknown:
         raise ShardingError(
-            f"make_mesh knows the axes {MESH_AXES}, not {unknown}; for other axes build a jax.sharding.Mesh yourself "
-            "(with AxisType.Auto) and write rules that name its axes"
+            f"make_mesh knows the axes {MESH_AXES}, not {unknown}; for other axes build the mesh with "
+            "jax.make_mesh(shape, names) and write rules that name its axes"
         )
     free = [a for a, n in sizes.items() if n == -1]
     fixed = math.prod(n for n in sizes.values() if n != -1)
@@ -149,9 +161,48 @@ def get_rules() -> Rules | None:
 
 
 def get_mesh() -> Mesh | None:
-    """The concrete mesh set by `use_mesh` / `jax.set_mesh`, or None."""
+    """The concrete mesh set by `use_mesh` / `jax.set_mesh` (as `auto_mesh` of it), or None."""
     mesh = jax.sharding.get_mesh()
-    return None if mesh is None or mesh.empty else mesh
+    return None if mesh is None or mesh.empty else auto_mesh(mesh)
+
+
+def auto_mesh(mesh: Mesh) -> Mesh:
+    """`mesh` with its `AxisType.Explicit` axes made `AxisType.Auto` (same devices, order and names); a mesh without
+    Explicit axes is returned as is. Why jaxformers runs Explicit meshes this way: see this module's docstring."""
+    types = getattr(mesh, "axis_types", None)
+    if not types or AxisType.Explicit not in types:
+        return mesh
+    auto = tuple(AxisType.Auto if t == AxisType.Explicit else t for t in types)
+    return Mesh(mesh.devices, mesh.axis_names, axis_types=auto)
+
+
+def to_auto(tree):
+    """Relabel every array of `tree` that lives on a mesh with Explicit axes for that mesh's Auto twin
+    (`auto_mesh`): the same buffers and layout, no copy. Other leaves are returned as they are."""
+
+    def relabel(x):
+        sharding = getattr(x, "sharding", None)
+        if not isinstance(x, jax.Array) or not isinstance(sharding, NamedSharding):
+            return x
+        mesh = auto_mesh(sharding.mesh)
+        if mesh is sharding.mesh:
+            return x
+        shards = [s.data for s in x.addressable_shards]  # this process's buffers, reused as they are
+        return jax.make_array_from_single_device_arrays(x.shape, NamedSharding(mesh, sharding.spec), shards)
+
+    return jax.tree.map(relabel, tree)
+
+
+@contextlib.contextmanager
+def auto_context():
+    """Inside `jax.set_mesh(mesh)` with Explicit axes, make the mesh's Auto twin the active one (the rules stay);
+    otherwise do nothing. Lets jaxformers' own jitted steps run under a user's Explicit mesh context."""
+    mesh = jax.sharding.get_mesh()
+    if mesh is None or mesh.empty or auto_mesh(mesh) is mesh:
+        yield
+        return
+    with jax.set_mesh(auto_mesh(mesh)):
+        yield
 
 
 def _active_mesh_shape() -> dict[str, int] | None:
@@ -164,12 +215,14 @@ def _active_mesh_shape() -> dict[str, int] | None:
 
 @contextlib.contextmanager
 def use_mesh(mesh: Mesh, rules: Rules | str = FSDP):
-    """Make `mesh` and `rules` active for `constrain`, jitted forwards and `shard_batch`.
+    """Make `mesh` and `rules` active for `constrain`, jitted forwards and `shard_batch`; yields the active mesh.
 
-    Validates both first (unknown axis names, Explicit axis types, mixed device kinds raise `ShardingError`).
+    A mesh with Explicit axes (`jax.make_mesh`'s default) is entered as its Auto twin (`auto_mesh`), which is the mesh
+    yielded. Validates both first (unknown axis names, mixed device kinds raise `ShardingError`).
     """
     from jaxformers.core.preflight import check_mesh
 
+    mesh = auto_mesh(mesh)
     rules = resolve_rules(rules, mesh)
     check_mesh(mesh).raise_errors()
     token = _RULES.set(rules)
@@ -248,8 +301,9 @@ def logical_spec(
 def named_sharding(
     names: Sequence[str | None], mesh: Mesh, rules: Rules, shape: Sequence[int] | None = None
 ) -> NamedSharding:
-    """NamedSharding of a parameter with logical axes `names` (see `logical_spec` for indivisible dimensions)."""
-    return NamedSharding(mesh, logical_spec(names, rules, dict(mesh.shape), shape))
+    """NamedSharding of a parameter with logical axes `names` (see `logical_spec` for indivisible dimensions), on
+    `auto_mesh(mesh)`."""
+    return NamedSharding(auto_mesh(mesh), logical_spec(names, rules, dict(mesh.shape), shape))
 
 
 def batch_axes(rules: Rules, mesh_shape: Mapping[str, int]) -> tuple[tuple[str, ...], int]:
@@ -291,8 +345,9 @@ def shard_batch(batch, mesh: Mesh | None = None, rules: Rules | str | None = Non
     With several processes, each passes the rows it loaded (its `1/process_count` of the global batch, in process
     order); on one process the local batch is the global batch. The batch dimension is split over the mesh axes of
     `act_batch` under `rules`; other dimensions are replicated. Defaults: the active mesh and rules (`use_mesh`).
+    The arrays live on `auto_mesh(mesh)`, as the parameters `load` places.
     """
-    mesh = get_mesh() if mesh is None else mesh
+    mesh = get_mesh() if mesh is None else auto_mesh(mesh)
     if mesh is None:
         raise ShardingError("shard_batch needs a mesh: pass mesh= or call it inside `with use_mesh(mesh, rules):`")
     rules = resolve_rules((get_rules() or ()) if rules is None else rules, mesh)

@@ -17,7 +17,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxformers.core import sharding as shd
 from jaxformers.core.functional import pure
 
 Trainable = Callable[[str, Any], bool] | str | None
@@ -41,15 +43,28 @@ class TrainState:
         """A fresh state for `model` (its current parameters) and an optax `optimizer`.
 
         trainable: None (everything trains), a regex searched in each parameter path, or `fn(path, array) -> bool`.
+
+        Sharded parameters (a model loaded with `mesh=`): the optimizer state is built directly on the mesh, each
+        per-parameter slot (Adam's `mu` / `nu`, MultiSteps' accumulated gradients) sharded like its parameter and
+        the rest (step counts) replicated, as are `step` and `rng`; nothing is materialised whole on one device.
+        Parameters on a mesh with Explicit axes are relabelled for its Auto twin (`core.sharding.to_auto`).
         """
         _, all_params = pure(model)
-        params, frozen = split_params(all_params, trainable)
+        params, frozen = split_params(shd.to_auto(all_params), trainable)
         if not jax.tree.leaves(params):
             raise ValueError(f"trainable={trainable!r} selects no parameter of {type(model).__name__}; nothing would "
                              "train. Match a parameter path such as 'classifier' (see jf.pure(model)[1])")
-        opt_state = optimizer.init(params)
-        step = _replicated_like(jnp.zeros((), jnp.int32), params)
-        rng = _replicated_like(jax.random.key_data(jax.random.key(seed)), params)
+
+        def init(params):
+            return jnp.zeros((), jnp.int32), optimizer.init(params), jax.random.key_data(jax.random.key(seed))
+
+        mesh = _mesh_of(params)
+        if mesh is None:
+            step, opt_state, rng = init(params)
+        else:
+            replicated = NamedSharding(mesh, PartitionSpec())
+            out = (replicated, _slot_shardings(jax.eval_shape(optimizer.init, params), params, replicated), replicated)
+            step, opt_state, rng = jax.jit(init, out_shardings=out)(params)
         state = cls(step=step, params=params, opt_state=opt_state, rng=rng, frozen=frozen)
         # Commit every array to where it lives: a step's outputs are committed, so uncommitted inputs on the first
         # call would compile the step twice.
@@ -64,14 +79,30 @@ class TrainState:
         return merge_params(self.params, self.frozen)
 
 
-def _replicated_like(x: jax.Array, params) -> jax.Array:
-    """Put a small state array on the mesh the parameters live on (replicated), so one jit spans both."""
+def _mesh_of(params) -> Mesh | None:
+    """The mesh the parameters live on, or None when they are not sharded over one."""
     for leaf in jax.tree.leaves(params):
         sharding = getattr(leaf, "sharding", None)
-        if isinstance(sharding, jax.sharding.NamedSharding):
-            return jax.device_put(x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
-        break
-    return x
+        if isinstance(sharding, NamedSharding):
+            return sharding.mesh
+    return None
+
+
+def _slot_shardings(abstract_opt_state, params, replicated: NamedSharding):
+    """Shardings for an optimizer state (from `jax.eval_shape(optimizer.init, params)`): a leaf whose key path ends
+    with a parameter's path and has its shape (a per-parameter slot, under whatever wrappers: chain, masked,
+    MultiSteps) takes that parameter's sharding; any other leaf is replicated."""
+    by_path = {tuple(path): (x.shape, x.sharding) for path, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    lengths = sorted({len(p) for p in by_path}, reverse=True)
+
+    def pick(path, x):
+        for n in lengths:
+            shape, sharding = by_path.get(tuple(path[-n:]), (None, None)) if len(path) >= n else (None, None)
+            if shape == x.shape and isinstance(sharding, NamedSharding):
+                return sharding
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(pick, abstract_opt_state)
 
 
 def _predicate(trainable: Trainable) -> Callable[[str, Any], bool]:

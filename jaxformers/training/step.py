@@ -10,7 +10,13 @@ The step closes over the model's structure, never its parameter values: everythi
 Dropout is on in `train_step` (key = `fold_in(state.rng, state.step)`) and off in `eval_step`. Sharding follows the
 state: parameters loaded onto a mesh (`from_pretrained(..., mesh=, rules=)`) keep their shardings after every step,
 and a batch placed with `jf.shard_batch` is split over the data axes, so the same code runs replicated, DP, FSDP or
-FSDP+TP. Mixed precision: load the model with `Options(dtype="bfloat16")` (fp32 master weights, bf16 compute), or
+FSDP+TP. Meshes from `jax.make_mesh` (Explicit axes) work too: see `core.sharding.auto_mesh`.
+Dropout under sharding draws the masks an unsharded run draws: the key is replicated and every mask is generated
+for the global activation shape, so the partitioned program computes the same bits, only split over the devices
+(with JAX's default `jax_threefry_partitionable=True` each device computes just its slice; with False the masks
+are equal too, but their generation is not split: more work per device, and an all-gather). A run resumed on
+another mesh draws the same masks.
+Mixed precision: load the model with `Options(dtype="bfloat16")` (fp32 master weights, bf16 compute), or
 pass `compute_dtype="bfloat16"` here to cast the parameters inside the step; gradients and updates stay fp32.
 """
 
@@ -24,6 +30,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxformers.core import sharding as shd
 from jaxformers.core.functional import pure
 from jaxformers.training import losses
 from jaxformers.training.state import TrainState, merge_params
@@ -50,12 +57,17 @@ def _sharding(x):
 
 class _ShardedJit:
     """`jax.jit(fn, donate_argnums=...)` whose output state keeps the input state's shardings (compiled once per
-    sharding layout), so FSDP/TP parameters never drift to a layout the compiler chose."""
+    sharding layout), so FSDP/TP parameters never drift to a layout the compiler chose.
+
+    Arrays on a mesh with Explicit axes (`jax.make_mesh`'s default) are relabelled for its Auto twin, without a copy,
+    and a `jax.set_mesh` context with Explicit axes is entered as its Auto twin (`core.sharding.auto_mesh` says why).
+    """
 
     def __init__(self, fn: Callable, donate: bool, returns_state: bool):
         self._fn, self._donate, self._returns_state, self._compiled = fn, donate, returns_state, {}
 
     def __call__(self, state, batch):
+        state, batch = shd.to_auto((state, batch))
         shardings = jax.tree.map(_sharding, state)
         key = tuple(jax.tree.leaves(shardings, is_leaf=lambda x: x is None))
         jitted = self._compiled.get(key)
@@ -64,11 +76,13 @@ class _ShardedJit:
             out = ((shardings, None) if self._returns_state else None) if known else None
             jitted = jax.jit(self._fn, out_shardings=out, donate_argnums=(0,) if self._donate else ())
             self._compiled[key] = jitted
-        return jitted(state, batch)
+        with shd.auto_context():
+            return jitted(state, batch)
 
     def lower(self, state, batch):
         """Lower without running (ahead-of-time compilation, cost and memory analysis)."""
-        return jax.jit(self._fn).lower(state, batch)
+        with shd.auto_context():
+            return jax.jit(self._fn).lower(*shd.to_auto((state, batch)))
 
 
 def make_train_step(model: nnx.Module, optimizer: optax.GradientTransformation, loss: Callable | str = "auto", *,
@@ -132,9 +146,8 @@ def make_predict_step(model: nnx.Module, compute_dtype=None, merge_fn: Callable 
     inputs = model_input_names(model)
     merge = merge_params if merge_fn is None else merge_fn
 
-    @jax.jit
     def predict_step(state: TrainState, batch: dict):
         full = _cast(merge(state.params, state.frozen), compute_dtype)
         return apply(full, **{k: v for k, v in batch.items() if k in inputs})
 
-    return predict_step
+    return _ShardedJit(predict_step, False, False)
