@@ -43,6 +43,18 @@ def __getattr__(name):
         from jaxformers.generation import streamers
 
         return getattr(streamers, name)
+    if name == "training":
+        import importlib
+
+        return importlib.import_module("jaxformers.training")
+    if name == "Trainer":
+        from jaxformers.training.trainer import Trainer
+
+        return Trainer
+    if name == "TrainingArguments":
+        from jaxformers.training.arguments import TrainingArguments
+
+        return TrainingArguments
     raise AttributeError(f"module 'jaxformers' has no attribute {name!r}")
 
 
@@ -65,6 +77,8 @@ __all__ = [
     "REPLICATED",
     "TP",
     "TextStreamer",
+    "Trainer",
+    "TrainingArguments",
     "distributed",
     "generate",
     "pipeline",
@@ -78,5 +92,6 @@ __all__ = [
     "shard_batch",
     "stream",
     "task",
+    "training",
     "use_mesh",
 ]

@@ -89,7 +89,7 @@ class Attention(nnx.Module):
         self.impl = opts.attn_impl
         self.probs_rate, self.rate = cfg.attn_pdrop, cfg.resid_pdrop
 
-    def __call__(self, x, key_mask, q_offset, kv, key=None):
+    def __call__(self, x, key_mask, q_offset, kv, key=None, segment_ids=None):
         q = constrain(self.q_proj(x), ACT_BTNH)
         k = constrain(self.k_proj(x), ACT_BTKH)
         v = constrain(self.v_proj(x), ACT_BTKH)  # [B, T, N, H]
@@ -97,8 +97,8 @@ class Attention(nnx.Module):
             kv = update_layer(kv[0], kv[1], k, v, q_offset)
             k, v = kv
         o = attn.dot_product_attention(
-            q, k, v, causal=True, q_offset=q_offset, key_mask=key_mask, scale=self.scale, impl=self.impl,
-            dropout_rate=self.probs_rate, dropout_key=dropout.fold(key, _ATTN_PROBS),
+            q, k, v, causal=True, q_offset=q_offset, key_mask=key_mask, segment_ids=segment_ids, scale=self.scale,
+            impl=self.impl, dropout_rate=self.probs_rate, dropout_key=dropout.fold(key, _ATTN_PROBS),
         )  # fmt: skip
         return dropout.dropout(self.c_proj(o), self.rate, dropout.fold(key, _ATTN_OUT)), kv
 
@@ -121,8 +121,8 @@ class Block(nnx.Module):
         self.ln_2 = LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon, opts=opts, rngs=rngs)
         self.mlp = MLP(cfg, opts=opts, rngs=rngs)
 
-    def __call__(self, x, key_mask, q_offset, kv, key=None):
-        a, kv = self.attn(self.ln_1(x), key_mask, q_offset, kv, key)
+    def __call__(self, x, key_mask, q_offset, kv, key=None, segment_ids=None):
+        a, kv = self.attn(self.ln_1(x), key_mask, q_offset, kv, key, segment_ids)
         x = x + a
         return constrain(x + self.mlp(self.ln_2(x), dropout.fold(key, _MLP_OUT)), ACT_BTD), kv
 
@@ -148,22 +148,25 @@ class GPT2Model(PreTrainedModel):
         return KVCache.init(cfg.n_layer, batch, max_len, cfg.n_head, cfg.head_dim, dtype or self.dtype)
 
     def __call__(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None, *,
-                 output_hidden_states: bool = False, deterministic: bool = True,
+                 segment_ids=None, output_hidden_states: bool = False, deterministic: bool = True,
                  dropout_rng=None) -> BaseModelOutput:  # fmt: skip
         """Decode `input_ids [B, T]` (appended at `cache.index` when a cache is given); last_hidden_state `[B, T, D]`.
 
         Ids and positions are range-checked against the vocabulary and the n_positions table (without a cache T may
-        not exceed n_positions, as in transformers); see `core.modeling` for eager vs jit.
+        not exceed n_positions, as in transformers); see `core.modeling` for eager vs jit. segment_ids `[B, T]` (no
+        cache): packed documents, 1, 2, ... per document and 0 for padding; each attends only to itself and its
+        positions restart at 0 (`core.decoder`).
         deterministic=False applies dropout with the key `dropout_rng` (`core.dropout`)."""
         cfg = self.config
         key = dropout.key_for(deterministic, dropout_rng)
         inp = decoder_inputs(input_ids, attention_mask, position_ids, cache, vocab_size=cfg.vocab_size,
-                             max_positions=cfg.n_positions, positions_name="n_positions")  # fmt: skip
+                             max_positions=cfg.n_positions, positions_name="n_positions",
+                             segment_ids=segment_ids)  # fmt: skip
         x = self.wte(inp.input_ids) + self.wpe(inp.position_ids)
         x = emb = constrain(dropout.dropout(x, cfg.embd_pdrop, dropout.fold(key, _EMBED)), ACT_BTD)
 
         def call(layer, h, kv, window, layer_key):
-            return layer(h, inp.key_mask, inp.q_offset, kv, layer_key)
+            return layer(h, inp.key_mask, inp.q_offset, kv, layer_key, inp.segment_ids)
 
         keys = dropout.layer_keys(dropout.fold(key, _LAYERS), cfg.n_layer)
         x, hs, cache = run_layers(self.h, x, call, cache=inp.cache, scan=self.scan, remat=self.remat, keys=keys)
@@ -197,11 +200,13 @@ class GPT2LMHeadModel(_GPT2Head):
         return self.transformer.init_cache(batch, max_len, dtype)
 
     def __call__(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None, *,
-                 logits_to_keep: int = 0, output_hidden_states: bool = False, deterministic: bool = True,
-                 dropout_rng=None) -> CausalLMOutput:  # fmt: skip
-        """Next-token logits `[B, T, V]` (only the last `logits_to_keep` positions if > 0) and the updated cache."""
-        out = self.transformer(input_ids, attention_mask, position_ids, cache, deterministic=deterministic,
-                               dropout_rng=dropout_rng, output_hidden_states=output_hidden_states)  # fmt: skip
+                 segment_ids=None, logits_to_keep: int = 0, output_hidden_states: bool = False,
+                 deterministic: bool = True, dropout_rng=None) -> CausalLMOutput:  # fmt: skip
+        """Next-token logits `[B, T, V]` (only the last `logits_to_keep` positions if > 0) and the updated cache.
+        segment_ids: packed documents (see `GPT2Model`)."""
+        out = self.transformer(input_ids, attention_mask, position_ids, cache, segment_ids=segment_ids,
+                               deterministic=deterministic, dropout_rng=dropout_rng,
+                               output_hidden_states=output_hidden_states)  # fmt: skip
         x = out.last_hidden_state[:, -logits_to_keep:] if logits_to_keep else out.last_hidden_state
         logits = self.transformer.wte.attend(x) if self.lm_head is None else self.lm_head(x)
         logits = constrain(logits, ACT_BTV)

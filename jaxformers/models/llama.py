@@ -152,7 +152,7 @@ class Attention(nnx.Module):
         self.impl = opts.attn_impl
         self.probs_rate = cfg.attention_dropout
 
-    def __call__(self, x, cos, sin, key_mask, q_offset, kv, window, key=None):
+    def __call__(self, x, cos, sin, key_mask, q_offset, kv, window, key=None, segment_ids=None):
         q = constrain(rope.apply_rope(self.q_proj(x), cos, sin), ACT_BTNH)
         k = constrain(rope.apply_rope(self.k_proj(x), cos, sin), ACT_BTKH)
         v = constrain(self.v_proj(x), ACT_BTKH)  # [B, T, K, H]
@@ -160,8 +160,9 @@ class Attention(nnx.Module):
             kv = update_layer(kv[0], kv[1], k, v, q_offset)
             k, v = kv
         o = attn.dot_product_attention(
-            q, k, v, causal=True, q_offset=q_offset, key_mask=key_mask, sliding_window=window, impl=self.impl,
-            dropout_rate=self.probs_rate, dropout_key=dropout.fold(key, _ATTN_PROBS),
+            q, k, v, causal=True, q_offset=q_offset, key_mask=key_mask, segment_ids=segment_ids,
+            sliding_window=window, impl=self.impl, dropout_rate=self.probs_rate,
+            dropout_key=dropout.fold(key, _ATTN_PROBS),
         )  # fmt: skip
         return self.o_proj(o), kv
 
@@ -189,8 +190,8 @@ class DecoderLayer(nnx.Module):
         )
         self.mlp = MLP(cfg, opts=opts, rngs=rngs)
 
-    def __call__(self, x, cos, sin, key_mask, q_offset, kv, window, key=None):
-        a, kv = self.self_attn(self.input_layernorm(x), cos, sin, key_mask, q_offset, kv, window, key)
+    def __call__(self, x, cos, sin, key_mask, q_offset, kv, window, key=None, segment_ids=None):
+        a, kv = self.self_attn(self.input_layernorm(x), cos, sin, key_mask, q_offset, kv, window, key, segment_ids)
         x = x + a
         x = constrain(x + self.mlp(self.post_attention_layernorm(x)), ACT_BTD)
         return x, kv
@@ -217,18 +218,20 @@ class LlamaModel(PreTrainedModel):
         return KVCache.init(cfg.num_hidden_layers, batch, max_len, cfg.kv_heads, cfg.dim, dtype or self.dtype)
 
     def __call__(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None, *,
-                 output_hidden_states: bool = False, deterministic: bool = True,
+                 segment_ids=None, output_hidden_states: bool = False, deterministic: bool = True,
                  dropout_rng=None) -> BaseModelOutput:  # fmt: skip
         """Decode `input_ids [B, T]`; with `cache`, the tokens are appended at `cache.index` and the updated cache is
         returned in `out.cache`. Returns last_hidden_state `[B, T, D]`.
 
         Token ids must lie in [0, vocab_size) and a cache write must fit (see `core.modeling`); positions are not
-        bounded (RoPE: transformers accepts any). deterministic=False applies attention dropout with the key
-        `dropout_rng` (`core.dropout`)."""
+        bounded (RoPE: transformers accepts any). segment_ids `[B, T]` (no cache): packed documents, 1, 2, ... per
+        document and 0 for padding; each attends only to itself and its positions restart at 0 (`core.decoder`;
+        "dynamic" RoPE scales by the longest position of the whole batch, not per document).
+        deterministic=False applies attention dropout with the key `dropout_rng` (`core.dropout`)."""
         cfg = self.config
         key = dropout.key_for(deterministic, dropout_rng)
-        input_ids, _, key_mask, q_offset, position_ids, cache = decoder_inputs(
-            input_ids, attention_mask, position_ids, cache, vocab_size=cfg.vocab_size
+        input_ids, _, key_mask, q_offset, position_ids, cache, segment_ids = decoder_inputs(
+            input_ids, attention_mask, position_ids, cache, vocab_size=cfg.vocab_size, segment_ids=segment_ids
         )
         x = self.embed_tokens(input_ids)
         if cfg.model_type == "gemma":
@@ -239,7 +242,7 @@ class LlamaModel(PreTrainedModel):
         cos, sin = rope.cos_sin(position_ids, freq, x.dtype)
 
         def call(layer, h, kv, window, layer_key):
-            return layer(h, cos, sin, key_mask, q_offset, kv, window, layer_key)
+            return layer(h, cos, sin, key_mask, q_offset, kv, window, layer_key, segment_ids)
 
         keys = dropout.layer_keys(dropout.fold(key, _LAYERS), cfg.num_hidden_layers)
         x, hs, cache = run_layers(
@@ -275,11 +278,13 @@ class LlamaForCausalLM(_LlamaHead):
         return self.model.init_cache(batch, max_len, dtype)
 
     def __call__(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None, *,
-                 logits_to_keep: int = 0, output_hidden_states: bool = False, deterministic: bool = True,
-                 dropout_rng=None) -> CausalLMOutput:  # fmt: skip
-        """Next-token logits `[B, T, V]` (only the last `logits_to_keep` positions if > 0) and the updated cache."""
-        out = self.model(input_ids, attention_mask, position_ids, cache, output_hidden_states=output_hidden_states,
-                         deterministic=deterministic, dropout_rng=dropout_rng)  # fmt: skip
+                 segment_ids=None, logits_to_keep: int = 0, output_hidden_states: bool = False,
+                 deterministic: bool = True, dropout_rng=None) -> CausalLMOutput:  # fmt: skip
+        """Next-token logits `[B, T, V]` (only the last `logits_to_keep` positions if > 0) and the updated cache.
+        segment_ids: packed documents (see `LlamaModel`)."""
+        out = self.model(input_ids, attention_mask, position_ids, cache, segment_ids=segment_ids,
+                         output_hidden_states=output_hidden_states, deterministic=deterministic,
+                         dropout_rng=dropout_rng)  # fmt: skip
         x = out.last_hidden_state[:, -logits_to_keep:] if logits_to_keep else out.last_hidden_state
         logits = self.model.embed_tokens.attend(x) if self.lm_head is None else self.lm_head(x)
         logits = constrain(logits, ACT_BTV)

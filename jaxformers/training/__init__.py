@@ -24,7 +24,32 @@ from jaxformers.training.optim import create_optimizer, decay_mask, make_schedul
 from jaxformers.training.state import TrainState, merge_params, split_params, update_model
 from jaxformers.training.step import make_predict_step, make_train_step, model_input_names
 
+_LAZY = {  # the Trainer side imports Orbax and tqdm: loaded on first use
+    "Trainer": "trainer", "TrainOutput": "trainer", "PredictionOutput": "trainer",
+    "TrainingArguments": "arguments", "DataLoader": "loader", "CheckpointManager": "checkpoint",
+    "CheckpointMismatchError": "checkpoint",
+}
+
+
+def __getattr__(name):
+    import importlib
+
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"jaxformers.training.{_LAZY[name]}"), name)
+    if name == "metrics":
+        return importlib.import_module("jaxformers.training.metrics")
+    raise AttributeError(f"module 'jaxformers.training' has no attribute {name!r}")
+
+
 __all__ = [
+    "CheckpointManager",
+    "CheckpointMismatchError",
+    "DataLoader",
+    "PredictionOutput",
+    "TrainOutput",
+    "Trainer",
+    "TrainingArguments",
+    "metrics",
     "DataCollatorForLanguageModeling",
     "DataCollatorForSeq2Seq",
     "DataCollatorForTokenClassification",

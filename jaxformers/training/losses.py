@@ -83,8 +83,9 @@ def sequence_classification_loss(config) -> LossFn:
         logits = outputs.logits.astype(jnp.float32)
         labels = jnp.asarray(batch["labels"])
         kind = problem_type(config, labels)
-        if kind == "single_label_classification":
-            return _token_ce(logits, labels, labels != IGNORE_INDEX)
+        if kind == "single_label_classification":  # labels `[B]` or `[B, 1]` (HF flattens both)
+            flat = labels.reshape(-1)
+            return _token_ce(logits.reshape(flat.shape[0], -1), flat, flat != IGNORE_INDEX)
         n = jnp.asarray(logits.shape[0], jnp.float32)
         if kind == "regression":
             pred = logits.squeeze(-1) if num_labels == 1 else logits

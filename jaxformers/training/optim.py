@@ -1,8 +1,8 @@
 """Optimizers as transformers' Trainer builds them, from optax parts.
 
 `create_optimizer(...)` chains global-norm clipping, AdamW with a learning-rate schedule (linear or cosine decay after
-a linear warmup, as `transformers.get_scheduler`), weight decay only on matrices (biases and norm scales, the 1-D
-parameters, are excluded, which is transformers' "bias" / "LayerNorm.weight" rule), and gradient accumulation with
+a linear warmup, as `transformers.get_scheduler`), weight decay on every parameter except biases and norm weights
+(transformers' "bias" / "LayerNorm.weight" rule, by parameter name), and gradient accumulation with
 `optax.MultiSteps`. It returns the optimizer and its schedule (for logging the learning rate).
 """
 
@@ -43,8 +43,15 @@ def make_schedule(learning_rate: float, num_train_steps: int | None = None, *, w
 
 
 def decay_mask(params):
-    """True where weight decay applies: parameters with 2 or more dimensions (matrices, embedding tables)."""
-    return jax.tree.map(lambda x: getattr(x, "ndim", 0) >= 2, params)
+    """True where weight decay applies: every parameter but biases and norm weights, decided by name as
+    transformers' Trainer does (not by rank: scanned layers give biases and norm scales a leading layers axis, and
+    attention biases split per head are 2-D)."""
+
+    def decays(path, _):
+        names = [str(getattr(k, "key", k)).lower() for k in path]
+        return names[-1] != "scale" and not any("bias" in n or "norm" in n for n in names)
+
+    return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def create_optimizer(learning_rate: float = 5e-5, num_train_steps: int | None = None, *, warmup_steps: int = 0,

@@ -68,7 +68,9 @@ class TrainState:
         state = cls(step=step, params=params, opt_state=opt_state, rng=rng, frozen=frozen)
         # Commit every array to where it lives: a step's outputs are committed, so uncommitted inputs on the first
         # call would compile the step twice.
-        return jax.tree.map(lambda x: jax.device_put(x, x.sharding) if isinstance(x, jax.Array) else x, state)
+        return jax.tree.map(
+            lambda x: jax.device_put(x, x.sharding, may_alias=False) if isinstance(x, jax.Array) else x, state
+        )
 
     def dropout_key(self) -> jax.Array:
         """This step's dropout key (a new one every step, reproducible from `rng` and `step`)."""

@@ -26,6 +26,7 @@ import inspect
 from collections.abc import Callable
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 import optax
 from flax import nnx
@@ -42,6 +43,17 @@ def model_input_names(model: nnx.Module) -> frozenset[str]:
     """The batch keys the model's `__call__` takes (labels only where the head itself uses them, as seq2seq)."""
     params = inspect.signature(type(model).__call__).parameters
     return frozenset(n for n, p in params.items() if n not in _CONTROL and p.kind != p.VAR_KEYWORD)
+
+
+def _with_compute_dtype(model: nnx.Module, dtype) -> nnx.Module:
+    """A copy of `model` whose layers compute in `dtype` (parameters untouched: the step keeps fp32 masters)."""
+    if dtype is None:
+        return model
+    model = nnx.clone(model)
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Module) and isinstance(getattr(node, "dtype", None), np.dtype):
+            node.dtype = np.dtype(dtype)
+    return model
 
 
 def _cast(params, dtype):
@@ -102,7 +114,7 @@ def make_train_step(model: nnx.Module, optimizer: optax.GradientTransformation, 
       `learning_rate` (when `schedule` is given), as device scalars (convert with `float()` when logging).
     eval_step(state, batch) -> stats (`loss_sum`, `count`, `correct`, ...: sums to add over batches).
     """
-    apply, _ = pure(model)
+    apply, _ = pure(_with_compute_dtype(model, compute_dtype))
     loss_fn = losses.for_model(model) if loss == "auto" else loss
     if not callable(loss_fn):
         raise TypeError(f"loss must be 'auto' or fn(outputs, batch) -> (loss, stats), got {loss!r}")
@@ -121,7 +133,7 @@ def make_train_step(model: nnx.Module, optimizer: optax.GradientTransformation, 
         (value, stats), grads = grad_fn(state.params, state.frozen, batch, state.dropout_key())
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": value, "grad_norm": optax.global_norm(grads), **stats}
+        metrics = {"loss": value, "grad_norm": optax.tree.norm(grads), **stats}
         if schedule is not None:
             metrics["learning_rate"] = jnp.asarray(schedule(_update_count(opt_state, state.step)), jnp.float32)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
@@ -134,7 +146,7 @@ def make_train_step(model: nnx.Module, optimizer: optax.GradientTransformation, 
 
 
 def _update_count(opt_state, step):
-    """Optimizer updates taken so far (MultiSteps counts micro-steps in `mini_step`; its inner count is `gradient_step`)."""
+    """Optimizer updates taken so far (MultiSteps counts micro-steps in `mini_step`, updates in `gradient_step`)."""
     if isinstance(opt_state, optax.MultiStepsState):
         return opt_state.gradient_step
     return step
@@ -142,7 +154,7 @@ def _update_count(opt_state, step):
 
 def make_predict_step(model: nnx.Module, compute_dtype=None, merge_fn: Callable | None = None):
     """A jitted `predict_step(state, batch) -> outputs` (dropout off): logits for metrics such as F1."""
-    apply, _ = pure(model)
+    apply, _ = pure(_with_compute_dtype(model, compute_dtype))
     inputs = model_input_names(model)
     merge = merge_params if merge_fn is None else merge_fn
 
