@@ -23,6 +23,10 @@ from jaxformers import distributed
 from jaxformers.core.preflight import preflight
 from jaxformers.core.sharding import DP, FSDP, FSDP_TP, REPLICATED, TP, make_mesh, shard_batch, use_mesh
 from jaxformers.loading import load, save_checkpoint, save_pretrained
+from jaxformers.core.quant import QuantizationConfig, quantize
+from jaxformers.core import compile_cache as _compile_cache
+
+_compile_cache.configure()  # JAX's persistent compilation cache, per user (JAXFORMERS_COMPILE_CACHE=0 turns it off)
 
 
 def __getattr__(name):
@@ -43,6 +47,14 @@ def __getattr__(name):
         from jaxformers.generation import streamers
 
         return getattr(streamers, name)
+    if name == "LoraConfig":
+        from jaxformers.lora import LoraConfig
+
+        return LoraConfig
+    if name == "lora":
+        import importlib
+
+        return importlib.import_module("jaxformers.lora")
     if name == "training":
         import importlib
 
@@ -59,6 +71,10 @@ def __getattr__(name):
 
 
 __all__ = [
+    "LoraConfig",
+    "QuantizationConfig",
+    "lora",
+    "quantize",
     "AutoConfig",
     "AutoModel",
     "AutoModelForCausalLM",

@@ -217,12 +217,19 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                      help="any task option; VALUE read as JSON when it parses (repeatable)")  # fmt: skip
     run.set_defaults(func=_run)
+    from jaxformers import aot
+    from jaxformers.training.cli import add_parser as add_train_parser
+
+    add_train_parser(sub)
+    aot.add_parser(sub)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["run"]:  # texts may come after options (`run ner --model M "text"`): needs intermixed parsing
         args = run.parse_intermixed_args(argv[1:])
     else:
         args = ap.parse_args(argv)
-    args.func(args)
+    status = args.func(args)
+    if isinstance(status, int) and status:
+        raise SystemExit(status)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ its target sharding -> merge. Auto classes and `Model.from_pretrained` are faça
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 from pathlib import Path
 
 import jax
@@ -29,7 +31,9 @@ from jaxformers.convert.safetensors_io import (
     save_safetensors,
     write_text_atomically,
 )
+from jaxformers.core import quant
 from jaxformers.core import sharding as shd
+from jaxformers.core.layers import Dense
 from jaxformers.core.options import Options
 from jaxformers.core.preflight import check_mesh, check_params
 
@@ -49,6 +53,7 @@ def load(
     allow_pickle: bool = False,
     gguf_file: str | None = None,
     verify: bool = True,
+    quantization=None,
     **kwargs,
 ):
     """Load a model.
@@ -66,12 +71,19 @@ def load(
         a mesh is given without rules; default: the mesh and rules of an enclosing `use_mesh`). The mesh and the
         parameter shapes are checked first (`core.preflight`): a mis-sized mesh raises before anything is read.
       allow_pickle: permit pickled `pytorch_model.bin` (read with `torch.load(weights_only=True)`).
-      gguf_file: a GGUF file name inside `name_or_path` (Llama family).
+      gguf_file: a GGUF file name inside `name_or_path` (Llama family). Its tensors are dequantised to float32
+        unless `quantization="gguf"` keeps them quantized.
+      quantization: weight-only quantization of the linear layers (`jaxformers.core.quant`): a
+        `QuantizationConfig`, a dict of its fields, "int8", "int4", or "gguf" (a GGUF file's block formats kept as
+        they are where they map exactly, see `jaxformers.convert.gguf`). Each weight is quantized as it is read, one
+        layer at a time, and placed on its sharding; no float copy of the model is made. A jaxformers Orbax
+        checkpoint of a quantized model restores quantized without it.
       verify: for a jaxformers Orbax checkpoint, check its files against the sha256 checksums recorded at save
         before reading them (about 0.2 s per 100 MB; a mismatch is a ValueError naming the file).
       revision, cache_dir, local_files_only, token: hub options.
     """
     hub_opts = hub.HubOptions.pop_from(kwargs)
+    quantization = quant.QuantizationConfig.coerce(quantization)
     if "torch_dtype" in kwargs:
         param_dtype = _torch_dtype(kwargs.pop("torch_dtype"), dtype, param_dtype)
     overrides = _config_overrides(kwargs)
@@ -89,7 +101,8 @@ def load(
     if isinstance(name_or_path, (str, Path)) and orbax_io.is_checkpoint(name_or_path):
         if auto_dtype:
             options = options.replace(param_dtype=_orbax_dtype(name_or_path))
-        return _load_orbax(Path(name_or_path), model_class, task, options, mesh, rules, verify=verify)
+        return _load_orbax(Path(name_or_path), model_class, task, options, mesh, rules, verify=verify,
+                           quantization=quantization)  # fmt: skip
 
     if gguf_file is not None:
         from jaxformers.convert import gguf
@@ -98,6 +111,11 @@ def load(
         config, source = gguf.config_from_gguf(path), gguf.GGUFSource(path)
         generation = {**config, **gguf.generation_config_from_gguf(path)}
     else:
+        if quantization is not None and quantization.bits is None:
+            raise ValueError(
+                f'quantization="gguf" (bits=None) keeps a GGUF file\'s own formats, but {name_or_path} is not loaded '
+                "from a GGUF file (gguf_file=...). Pass bits=8 or bits=4 to quantize its weights"
+            )
         config = _read_json(hub.resolve_file(name_or_path, "config.json", hub_opts))
         source = _weights_source(name_or_path, hub_opts, allow_pickle)
         gen_file = hub.resolve_file(name_or_path, GENERATION_CONFIG, hub_opts, required=False)
@@ -107,7 +125,7 @@ def load(
             options = options.replace(param_dtype=_checkpoint_dtype(config, source))
         cls = _choose_class(config, model_class, task)
         cfg = cls.config_class.from_hf({**config, **overrides})
-        model = _build(cls, cfg, source, options, mesh, rules)
+        model = _build(cls, cfg, source, options, mesh, rules, quantization)
     finally:
         source.close()
     return _with_generation_config(model, generation)
@@ -288,14 +306,13 @@ def _preflight(abstract, mesh, rules) -> None:
         log.warning("sharding: %s", warning)
 
 
-def _build(cls, cfg, source, options: Options, mesh, rules):
+def _build(cls, cfg, source, options: Options, mesh, rules, quantization=None):
     if not cls.hf_weights:  # bound by the model file's `ARCHITECTURE` record (`core.modeling.Architecture`)
         raise TypeError(
             f"{cls.__name__} has no HF weight table: it is not listed in its model file's ARCHITECTURE record. "
             "List it there (classes={model_type: {task: cls}}), or subclass a listed class"
         )
     abstract = abstract_model(cls, cfg, options)
-    _preflight(abstract, mesh, rules)
     graphdef, abs_state = nnx.split(abstract)
     targets = _targets(abs_state, mesh, rules)
     plan = engine.plan_load(
@@ -316,19 +333,131 @@ def _build(cls, cfg, source, options: Options, mesh, rules):
             cls.__name__,
             ", ".join(plan.missing_head),
         )
+    specs = _quant_specs(abstract, quantization, plan, source)
+    if specs:  # the quantized model's structure; its float kernels are read and quantized layer by layer below
+        abstract = nnx.eval_shape(lambda m: quant.apply_specs(m, specs), abstract)
+    _preflight(abstract, mesh, rules)
+    qgraphdef, qstate = nnx.split(abstract)
+    qtargets = _targets(qstate, mesh, rules)
+    modules = {tuple(str(p) for p in path): m for path, m in nnx.iter_modules(abstract)}
     key = jax.random.key(0)
+    values = {}
+    from_codes = quantization is not None and quantization.bits is None
+    for path, spec in specs.items():
+        key, sub = jax.random.split(key)
+        prefix, module = ".".join(path), modules[path]
+        values.update(_quantized_layer(prefix, module, spec, from_codes, plan, targets, qtargets, source, cfg, sub))
     flat = []
-    for path, var in nnx.to_flat_state(abs_state):
+    for path, var in nnx.to_flat_state(qstate):
         name = ".".join(str(p) for p in path)
-        tgt = targets[name]
-        if name in plan.sources:
+        tgt = qtargets[name]
+        if name in values:
+            value = values.pop(name)
+        elif name in plan.sources:
             value = engine.build_param(plan, name, tgt, source, cfg)
         else:
             key, sub = jax.random.split(key)
             value = _init_head_param(name, tgt, sub)
         flat.append((path, var.replace(value=value)))
-    model = nnx.merge(graphdef, nnx.from_flat_state(flat))
-    return model
+    return nnx.merge(qgraphdef, nnx.from_flat_state(flat))
+
+
+def _quant_specs(abstract, config, plan, source) -> dict:
+    """`{module path: QuantSpec}` of the layers to quantize: the config's choice, or for `bits=None` (GGUF) each
+    layer's file format where every tensor of it (all stacked layers) has one (`gguf.common_format`)."""
+    if config is None:
+        return {}
+    if config.bits is not None:
+        return quant.default_specs(abstract, config)
+    from jaxformers.convert import gguf
+
+    specs = {}
+    skip = config.modules_to_not_convert or ()
+    for path, module in nnx.iter_modules(abstract):
+        path = tuple(str(p) for p in path)
+        name = ".".join(path) + (".kernel" if isinstance(module, Dense) else ".embedding")
+        if name in plan.sources and not any(quant.path_matches(path, n) for n in skip):
+            spec = gguf.common_format([source.quantized_format(k) for k in plan.sources[name].values()])
+            if spec is not None:
+                specs[path] = dataclasses.replace(spec, compute=config.compute)
+    return specs
+
+
+class _CodeView:
+    """A GGUF source seen through its kept codes: `get(key)` is the code values (`part="codes"`), or the scales or
+    zeros repeated over their groups (so the tensor's shape), so that the conversion table's layout ops apply to
+    them unchanged."""
+
+    def __init__(self, source, spec: quant.QuantSpec, part: str):
+        self.source, self.spec, self.part = source, spec, part
+
+    def shape(self, key: str):
+        return self.source.shape(key)
+
+    def get(self, key: str) -> np.ndarray:
+        codes, scale, zero = self.source.get_quantized(key, self.spec)
+        if self.part == "codes":
+            return codes
+        per_group = scale if self.part == "scale" else zero
+        return np.repeat(per_group, codes.shape[-1] // per_group.shape[-1], axis=-1)
+
+
+def _quantized_layer(prefix, module, spec, from_codes, plan, targets, qtargets, source, cfg, key) -> dict:
+    """Stored codes, scales (and zeros) of the quantized layer at `prefix`, built on the host one stacked layer at
+    a time and placed on their targets' shardings: quantized from its float weights, or (`from_codes`) repacked from
+    a GGUF file's own codes and scales."""
+    dense = isinstance(module, Dense)
+    leaf = "kernel" if dense else "embedding"
+    name = f"{prefix}.{leaf}"
+    shape = targets[name].shape
+    n_in = len(module.in_shape) if dense else 0
+    if from_codes:
+        parts = ("codes", "scale", "zero")[: 3 if spec.zero else 2]
+        readers = [
+            engine.read_slots(plan, name, engine.Target(name, shape, np.int8 if part == "codes" else np.float32),
+                              _CodeView(source, spec, part), cfg)
+            for part in parts
+        ]  # fmt: skip
+        slots = [_pack_slot(spec, n_in, *slot) for slot in zip(*readers)]
+    else:
+        if name in plan.sources:
+            floats = engine.read_slots(plan, name, engine.Target(name, shape, np.float32), source, cfg)
+        else:  # a head the checkpoint lacks: fresh random weights, then quantized
+            floats = [np.asarray(_init_head_param(name, engine.Target(name, shape, np.float32), key))]
+        slots = [_quantize_slot(spec, n_in, w) for w in floats]
+    stacked = name in plan.sources and plan.rule_for[name].stacked
+    out = {}
+    for suffix, arrays in zip(("", "_scale", "_zero"), zip(*slots)):
+        tgt = qtargets[name + suffix]
+        value = np.stack(arrays) if stacked else arrays[0]
+        if value.shape != tgt.shape or value.dtype != tgt.dtype:
+            raise ValueError(f"{tgt.path}: built {value.shape} {value.dtype}, model expects {tgt.shape} {tgt.dtype}")
+        out[tgt.path] = jax.device_put(value, tgt.sharding) if tgt.sharding is not None else jax.device_put(value)
+    return out
+
+
+def _quantize_slot(spec: quant.QuantSpec, n_in: int, w: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Quantize one layer's float weights on the host CPU (`n_in` input dims of a Dense kernel; 0: a table)."""
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):
+        w = jnp.asarray(w)
+        out = quant.quantize_kernel(w, spec, lead=0, n_in=n_in) if n_in else quant.quantize_rows(w, spec)
+    return tuple(np.asarray(x) for x in out)
+
+
+def _pack_slot(spec: quant.QuantSpec, n_in: int, values, scale, zero=None) -> tuple[np.ndarray, ...]:
+    """One layer's code values and per-element scales (and zeros), in the target layout, -> stored codes and one
+    scale (and zero) per group (`n_in` input dims of a Dense kernel; 0: a table, grouped along its rows)."""
+    if n_in:  # [*in, *out]: groups along the flattened input
+        k, n = math.prod(values.shape[:n_in]), math.prod(values.shape[n_in:])
+        g, out_shape = spec.groups(k), values.shape[n_in:]
+        codes = quant.pack(values.reshape(g, k // g, n), spec, axis=1).reshape(-1, *out_shape)
+        per_group = [x.reshape(g, k // g, n)[:, 0].reshape(g, *out_shape) for x in (scale, zero) if x is not None]
+    else:  # [V, D]: groups along D
+        v, d = values.shape
+        g = spec.groups(d)
+        codes = quant.pack(values.reshape(v, g, d // g), spec, axis=-1).reshape(v, -1)
+        per_group = [x.reshape(v, g, d // g)[..., 0] for x in (scale, zero) if x is not None]
+    return (codes, *per_group)
 
 
 def _init_head_param(name: str, tgt: engine.Target, key) -> jax.Array:
@@ -366,6 +495,10 @@ def save_pretrained(model, directory) -> None:
             "ignored, since `load` reads the checkpoint. Save to another directory, or use save_checkpoint here."
         )
     directory.mkdir(parents=True, exist_ok=True)
+    if quant.quantized_modules(model):  # HF files hold float weights: the values the quantized layers multiply by
+        log.warning("save_pretrained: %s is quantized; writing its dequantized float32 weights", type(model).__name__)
+        graphdef, state = nnx.split(model)
+        model = quant.dequantize(nnx.merge(graphdef, state))  # a copy: `model` itself stays quantized
     params = {k: np.asarray(jax.device_get(v)) for k, v in model_params(model).items()}
     tensors = engine.export(
         model.hf_weights, model.config, params, base_prefix=model.base_attr, hf_prefix=model.hf_prefix
@@ -396,18 +529,32 @@ def save_checkpoint(model, directory, *, overwrite: bool = False) -> Path:
     state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     config = model.config.to_hf()
     meta = {"model_type": model.config.model_type, "architecture": model.hf_architecture}
+    specs = quant.quantized_modules(model)
+    if specs:  # restored quantized: `_load_orbax` rebuilds these layers before reading the codes
+        meta["quantization"] = {".".join(path): dataclasses.asdict(spec) for path, spec in specs.items()}
     return orbax_io.save(state, config, meta, directory, overwrite=overwrite)
 
 
-def _load_orbax(directory: Path, model_class, task, options: Options, mesh, rules, *, verify: bool = True):
-    """Restore an Orbax checkpoint; `verify` first checks its files against the checksums recorded at save."""
+def _load_orbax(directory: Path, model_class, task, options: Options, mesh, rules, *, verify: bool = True,
+                quantization=None):  # fmt: skip
+    """Restore an Orbax checkpoint; `verify` first checks its files against the checksums recorded at save. A
+    quantized checkpoint restores quantized; `quantization` quantizes a float one after it is read."""
     meta, config = orbax_io.read_meta(directory)
     if verify:  # before anything else is read, so that a corrupt file is reported as such
         orbax_io.verify_checksums(directory)
     config.setdefault("architectures", [meta["architecture"]])
     cls = _choose_class(config, model_class, task)
     cfg = cls.config_class.from_hf(config)
+    saved = {tuple(k.split(".")): quant.QuantSpec(**v) for k, v in meta.get("quantization", {}).items()}
+    if saved and quantization is not None:
+        raise ValueError(
+            f"{directory} holds a quantized model already; load it without quantization= (it restores quantized)"
+        )
+    if quantization is not None and quantization.bits is None:
+        raise ValueError(f'quantization="gguf" applies to GGUF files; {directory} is an Orbax checkpoint')
     abstract_mdl = abstract_model(cls, cfg, options)
+    if saved:
+        abstract_mdl = nnx.eval_shape(lambda m: quant.apply_specs(m, saved), abstract_mdl)
     _preflight(abstract_mdl, mesh, rules)
     graphdef, abs_state = nnx.split(abstract_mdl)
     targets = _targets(abs_state, mesh, rules)
@@ -424,4 +571,17 @@ def _load_orbax(directory: Path, model_class, task, options: Options, mesh, rule
     except ValueError as e:
         raise ValueError(f"checkpoint {directory} does not match the {cls.__name__} built from its config: {e}") from e
     nnx.replace_by_pure_dict(abs_state, restored)
-    return nnx.merge(graphdef, abs_state)
+    model = nnx.merge(graphdef, abs_state)
+    if quantization is None:
+        return model
+    model = quant.quantize(model, quantization)
+    if mesh is None:
+        return model
+    _preflight(model, mesh, rules)
+    graphdef, state = nnx.split(model)  # the quantized arrays onto the shardings their axes give
+    placed = jax.tree.map(
+        lambda v: v.replace(value=jax.device_put(v[...], shd.named_sharding(v.get_metadata()["axes"], mesh, rules,
+                                                                            v.shape))),
+        state, is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )  # fmt: skip
+    return nnx.merge(graphdef, placed)

@@ -43,7 +43,8 @@ def flash_attention(
 
     Args:
       q: `[B, T, N, H]`; k, v: `[B, S, K, H]`, N a multiple of K (GQA/MQA; K/V are never repeated). float32 or
-        bfloat16 (float16 on GPU); matmuls accumulate in float32, float32 inputs use full-precision matmuls.
+        bfloat16 or float16 (TPU: float16 is computed in float32); matmuls accumulate in float32, float32 inputs use
+        full-precision matmuls.
       causal: query i sees keys `j <= i` (positions within q and k, top-left aligned when T != S).
       segment_ids: `[B, T]` (self-attention, T == S) or a pair `(q_ids [B, T], kv_ids [B, S])`; attend only within
         equal ids (packed sequences, key padding).

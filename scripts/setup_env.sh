@@ -21,6 +21,7 @@ if [ "${1:-}" = "--test" ]; then
     PYTHONPATH=.venv/tf4 .venv/bin/python -c "import transformers, transformers.pipelines
 assert transformers.__version__ == '4.57.6', transformers.__version__"
   fi
+  bash scripts/setup_tpu_aot.sh  # libtpu in .venv/tpu (never on the main path) for tests/aot
 else
   .venv/bin/python -m pip install -q -e ".[gguf]"
 fi

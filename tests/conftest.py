@@ -10,6 +10,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("JAXFORMERS_COMPILE_CACHE", "0")  # the suite never writes the user's cache (order-independent)
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -296,6 +296,19 @@ def build_param(plan: Plan, path: str, tgt: Target, source, cfg) -> jax.Array:
     return jax.make_array_from_single_device_arrays(tgt.shape, tgt.sharding, [shards[d] for d in index_map])
 
 
+def read_slots(plan: Plan, path: str, tgt: Target, source, cfg):
+    """Yield target `path` read whole on the host through its rule's layout ops, one stacked layer at a time
+    (`tgt.shape[1:]` each; one array `tgt.shape` for an unstacked target), cast to `tgt.dtype`. For callers that
+    transform every layer before placing the result (quantization), so that no float copy of a whole stack exists."""
+    rule = plan.rule_for[path]
+    reader = _Reader(rule, plan.sources[path], tgt, source, cfg)
+    if not rule.stacked:
+        yield reader.block(_full(tgt.shape))
+        return
+    for layer in range(tgt.shape[0]):
+        yield reader._read(reader.keys[layer], _full(tgt.shape[1:]))
+
+
 def export(rules, cfg, params: dict[str, np.ndarray], *, base_prefix: str | None, hf_prefix: str) -> dict:
     """Invert the table: jaxformers parameters (dotted path -> array) to HF tensors (key -> array)."""
     out: dict[str, np.ndarray] = {}

@@ -4,7 +4,15 @@ A GGUF file holds everything a Hugging Face folder would: the weights (often qua
 tokenizer as metadata under llama.cpp's key names. This module turns each back into its Hugging Face form:
 
 - `GGUFSource`: the weights as a lazy tensor source with HF names and PyTorch layouts, like `SafetensorsSource`;
-  every tensor is dequantised to float32 when it is read, one at a time, from the memory-mapped file.
+  every tensor is dequantised to float32 when it is read, one at a time, from the memory-mapped file. With
+  `load(..., quantization="gguf")` the block-quantised tensors are instead kept as integer codes and scales
+  (`quantized_format` / `get_quantized`, the `jaxformers.core.quant` format), where the block format maps exactly:
+      Q8_0 -> int8, groups of 32         Q4_0 -> 4-bit, groups of 32      Q4_1 -> 4-bit unsigned + min, groups of 32
+      Q5_0 -> int8, groups of 32         Q5_1 -> int8 + min, groups of 32
+      Q4_K -> 4-bit unsigned + min, 32   Q5_K -> int8 + min, 32           Q6_K -> int8, groups of 16
+  (a K-quant's super-block scale times its 6- or 8-bit sub-block scale is one float32 scale per group of 32 or 16:
+  the same values, exactly). Q2_K, Q3_K and the IQ/TQ/MXFP4 types are not kept: they are dequantised to float32
+  (their codes are 2-3 bits or look-up tables; widening them to int8 would hold more bytes than float16 saves).
 - `config_from_gguf`: a `config.json`-style dict; `generation_config_from_gguf`: the special token ids.
 - the tokenizer is read by `jaxformers.tokenization.gguf.tokenizer_from_gguf` (also importable from here).
 
@@ -36,15 +44,27 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 
 from jaxformers import models as registry
+from jaxformers.core.quant import QuantSpec
 
 _BLOCK_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 
 
 def _open(path: str | os.PathLike) -> GGUFReader:
-    """Memory-map a GGUF file and parse its metadata and tensor table (no tensor data is read)."""
+    """Memory-map a GGUF file and parse its metadata and tensor table (no tensor data is read).
+
+    The last two files parsed are kept (keyed by path, size and modification time): one `load` reads a file's
+    config, generation settings and weights, and `AutoTokenizer` its vocabulary, while parsing the metadata of a
+    file with a 49k-token vocabulary takes seconds."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"GGUF file {path} does not exist")
+    stat = os.stat(path)
+    return _parse(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _parse(path: str, size: int, mtime_ns: int) -> GGUFReader:
+    del size, mtime_ns  # cache key only: a rewritten file is parsed again
     try:
         return GGUFReader(path)
     except (ValueError, IndexError, KeyError, OverflowError, UnicodeDecodeError) as err:
@@ -93,6 +113,101 @@ def _dequantizable_types() -> frozenset[GGMLQuantizationType]:
             continue
         supported.add(qtype)
     return frozenset(supported)
+
+
+def _f16(raw: np.ndarray) -> np.ndarray:
+    """float16 bytes `[..., 2]` -> float32 `[..., 1]`."""
+    return np.ascontiguousarray(raw).view(np.float16).astype(np.float32)
+
+
+def _nibbles(qs: np.ndarray) -> np.ndarray:
+    """Bytes `[..., n]` -> `[..., 2n]` uint8: the n low nibbles, then the n high nibbles (llama.cpp's order)."""
+    return np.concatenate([qs & 15, qs >> 4], axis=-1)
+
+
+def _fifth_bit(qh: np.ndarray) -> np.ndarray:
+    """Q5_0/Q5_1's 32 high bits (`[..., 4]` bytes, little endian) as `[..., 32]` values 0 or 16."""
+    bits = np.ascontiguousarray(qh).view("<u4") >> np.arange(32, dtype=np.uint32)
+    return ((bits & 1) << 4).astype(np.uint8)
+
+
+def _k_scales(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K/Q5_K's twelve bytes of eight 6-bit scales and eight 6-bit mins -> two `[..., 8]` float32 arrays."""
+    d, m, m_d = raw[..., 0:4], raw[..., 4:8], raw[..., 8:12]
+    sc = np.concatenate([d & 63, (m_d & 15) | ((d >> 2) & 48)], axis=-1)
+    mn = np.concatenate([m & 63, (m_d >> 4) | ((m >> 2) & 48)], axis=-1)
+    return sc.astype(np.float32), mn.astype(np.float32)
+
+
+def _q8_0(b):
+    return b[..., 2:].view(np.int8), _f16(b[..., :2]), None
+
+
+def _q4_0(b):
+    return _nibbles(b[..., 2:]).astype(np.int8) - 8, _f16(b[..., :2]), None
+
+
+def _q4_1(b):
+    return _nibbles(b[..., 4:]).astype(np.int8), _f16(b[..., :2]), _f16(b[..., 2:4])
+
+
+def _q5_0(b):
+    return (_nibbles(b[..., 6:]) | _fifth_bit(b[..., 2:6])).astype(np.int8) - 16, _f16(b[..., :2]), None
+
+
+def _q5_1(b):
+    return (_nibbles(b[..., 8:]) | _fifth_bit(b[..., 4:8])).astype(np.int8), _f16(b[..., :2]), _f16(b[..., 2:4])
+
+
+def _k_quant(b, high_bits: bool):
+    """Q4_K (`high_bits` False) / Q5_K super-blocks of 256: eight groups of 32 with scale d * sc and zero -dmin * m."""
+    sc, mn = _k_scales(b[..., 4:16])
+    scale, zero = _f16(b[..., :2]) * sc, -(_f16(b[..., 2:4]) * mn)
+    qs = b[..., 48:] if high_bits else b[..., 16:]
+    q = _nibbles(qs.reshape(*qs.shape[:-1], 4, 32)).reshape(*qs.shape[:-1], 8, 32)  # sub-blocks 2j, 2j+1 per 32 bytes
+    if high_bits:
+        q = q | (((b[..., None, 16:48] >> np.arange(8, dtype=np.uint8)[:, None]) & 1) << 4)
+    return q.reshape(*qs.shape[:-1], 256).astype(np.int8), scale, zero
+
+
+_q4_k = functools.partial(_k_quant, high_bits=False)
+_q5_k = functools.partial(_k_quant, high_bits=True)
+
+
+def _q6_k(b):
+    """Super-blocks of 256: sixteen groups of 16 with scale d * sc (int8), codes q - 32 from 4 + 2 bits."""
+    lead = b.shape[:-1]
+    ql, qh = b[..., :128].reshape(*lead, 2, 64), b[..., 128:192].reshape(*lead, 2, 32)
+    low = _nibbles(ql).reshape(*lead, 2, 4, 32)  # per half of 128: rows (l & 15) of 32, then (l >> 4)
+    high = (qh[..., None, :] >> np.array([0, 2, 4, 6], np.uint8)[:, None]) & 3  # [.., 2, 4, 32]
+    q = (low | (high << 4)).reshape(*lead, 256).astype(np.int8) - 32
+    scale = _f16(b[..., 208:210]) * b[..., 192:208].view(np.int8).astype(np.float32)
+    return q, scale, None
+
+
+# GGML type -> (block parser: blocks [..., bytes] -> (codes [..., n], scale [..., g], zero [..., g] | None), spec)
+_KEPT = {
+    GGMLQuantizationType.Q8_0: (_q8_0, QuantSpec(8, 32)),
+    GGMLQuantizationType.Q4_0: (_q4_0, QuantSpec(4, 32)),
+    GGMLQuantizationType.Q4_1: (_q4_1, QuantSpec(4, 32, zero=True, unsigned=True)),
+    GGMLQuantizationType.Q5_0: (_q5_0, QuantSpec(8, 32)),
+    GGMLQuantizationType.Q5_1: (_q5_1, QuantSpec(8, 32, zero=True)),
+    GGMLQuantizationType.Q4_K: (_q4_k, QuantSpec(4, 32, zero=True, unsigned=True)),
+    GGMLQuantizationType.Q5_K: (_q5_k, QuantSpec(8, 32, zero=True)),
+    GGMLQuantizationType.Q6_K: (_q6_k, QuantSpec(8, 16)),
+}
+
+
+def common_format(specs: list[QuantSpec | None]) -> QuantSpec | None:
+    """One format holding every layer's tensors of a stacked family exactly (llama.cpp's Q4_K_M mixes Q4_K and
+    Q6_K layers): the widest codes, the smallest group, a zero term if any has one; None if any layer is float."""
+    if not specs or any(s is None for s in specs):
+        return None
+    if len(set(specs)) == 1:
+        return specs[0]
+    four = {(s.bits, s.unsigned) for s in specs} in ({(4, False)}, {(4, True)})
+    return QuantSpec(4 if four else 8, min(s.group_size for s in specs), zero=any(s.zero for s in specs),
+                     unsigned=four and specs[0].unsigned)  # fmt: skip
 
 
 def _hf_name(gguf_name: str, names: dict) -> str | None:
@@ -177,6 +292,35 @@ class GGUFSource:
         if np.may_share_memory(out, tensor.data):  # F32 dequantises to a view of the memory map
             out = out.copy()
         return out.astype(np.float32, copy=False)
+
+    def quantized_format(self, key: str) -> QuantSpec | None:
+        """The `core.quant` format `key` is kept in by `load(..., quantization="gguf")`; None for float tensors and
+        for the types that are dequantised instead (module docstring)."""
+        kept = _KEPT.get(self._tensor(key).tensor_type)
+        return None if kept is None else kept[1]
+
+    def get_quantized(self, key: str, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """`key` as integer codes `[out, in]` (int8 code values: `W = code * scale (+ zero)`), float32 scales and
+        zeros `[out, in / group]`, in PyTorch layout and HF row order, regrouped to `spec` (its `quantized_format`
+        or a `common_format` with other layers): exactly the values `get(key)` dequantises to."""
+        tensor = self._tensor(key)
+        parse, own = _KEPT[tensor.tensor_type]
+        out_dim = self.shape(key)[0]
+        codes, scale, zero = parse(tensor.data.reshape(out_dim, -1, GGML_QUANT_SIZES[tensor.tensor_type][1]))
+        codes, scale = codes.reshape(out_dim, -1), scale.reshape(out_dim, -1)
+        zero = None if zero is None else zero.reshape(out_dim, -1)
+        if spec.zero and zero is None:
+            zero = np.zeros_like(scale)
+        repeat = own.group_size // spec.group_size
+        if repeat > 1:  # a smaller common group: each of this tensor's scales covers several
+            scale = np.repeat(scale, repeat, axis=-1)
+            zero = None if zero is None else np.repeat(zero, repeat, axis=-1)
+        module = self._block_module(key)
+        if module in self._rotary_heads:
+            heads = self._rotary_heads[module]
+            codes, scale = _unpermute_rotary_rows(codes, heads), _unpermute_rotary_rows(scale, heads)
+            zero = None if zero is None else _unpermute_rotary_rows(zero, heads)
+        return codes, scale, zero
 
     def close(self) -> None:
         """Drop the memory map; the source cannot be read afterwards."""

@@ -216,7 +216,7 @@ def attention_plan(q, k, v, *, impl: Impl = "auto", **call) -> Plan:
 
     `call` takes the mask keywords of `dot_product_attention`; values may be abstract (`jax.ShapeDtypeStruct`).
     """
-    platform = jax.default_backend()
+    platform = target_platform()
     if impl == "xla":
         return Plan("xla", "requested")
     if impl != "auto":
@@ -237,6 +237,17 @@ def attention_plan(q, k, v, *, impl: Impl = "auto", **call) -> Plan:
             return Plan(_kernel_name(name, **call), reason + (f" ({'; '.join(skipped)})" if skipped else ""))
         skipped.append(f"{name}: {why}")
     return Plan("xla", "; ".join(skipped))
+
+
+def target_platform() -> str:
+    """The platform attention is traced for: that of the active mesh's devices, else jax's default backend.
+
+    A program traced under a mesh of TPU devices dispatches as on TPU even from a CPU host, which is what compiling
+    ahead of time for a TPU topology (`jaxformers.aot`) needs; with no mesh, or a mesh of this host's devices, this
+    is `jax.default_backend()`."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh is None or mesh.empty else mesh.abstract_device
+    return jax.default_backend() if device is None else device.platform
 
 
 def _is_static_zero(x) -> bool:
@@ -282,7 +293,7 @@ def _unsupported(impl: str, platform: str, q, k, **call) -> str | None:
 
 
 def _kernel_backend(sharded: bool = False):
-    platform = jax.default_backend()
+    platform = target_platform()
     if platform == "cpu":
         return (CPU_SHARDED_PALLAS_BACKEND if sharded else CPU_PALLAS_BACKEND), True
     return ("tpu" if platform == "tpu" else "gpu"), False

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxformers.core.quant import QuantSpec, dequantize_rows, matmul as quantized_matmul
 from jaxformers.core.options import Options
 
 Axes = tuple[str | None, ...]
@@ -63,7 +64,11 @@ def _tuple(x) -> tuple[int, ...]:
 
 
 class Dense(nnx.Module):
-    """`y = x @ W + b` contracting the last `len(in_shape)` dims of x; kernel `[*in_shape, *out_shape]`."""
+    """`y = x @ W + b` contracting the last `len(in_shape)` dims of x; kernel `[*in_shape, *out_shape]`.
+
+    Quantized (`core.quant.apply_specs` sets `quant`): `kernel` holds integer codes of the same shape and axes, with
+    `kernel_scale` (and `kernel_zero`) beside it, and the product is `core.quant.matmul`.
+    """
 
     def __init__(
         self,
@@ -83,31 +88,48 @@ class Dense(nnx.Module):
         self.bias = param(rngs, zeros, self.out_shape, opts.param_dtype, axes[n_in:]) if use_bias else None
 
     out_first = False  # kernel stored `[*out_shape, *in_shape]` (see `set_kernel_layout`)
+    quant: QuantSpec | None = None  # quantized storage (see `core.quant`)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         n_in = len(self.in_shape)
         batch = x.shape[: x.ndim - n_in]
-        k = self.kernel[...].astype(self.dtype)
         x2 = x.astype(self.dtype).reshape(-1, math.prod(self.in_shape))
+        n_out = math.prod(self.out_shape)
+        if self.quant is not None:
+            zero = None if self.kernel_zero is None else self.kernel_zero[...].reshape(-1, n_out)
+            codes = self.kernel[...].reshape(-1, n_out)
+            y = quantized_matmul(x2, codes, self.kernel_scale[...].reshape(-1, n_out), zero, self.quant, self.dtype)
+            return self._add_bias(y.reshape(batch + self.out_shape))
+        k = self.kernel[...].astype(self.dtype)
         if self.out_first:  # y = x @ k.T as dot products over contiguous kernel rows (fast GEMV on XLA:CPU)
             k2 = k.reshape(math.prod(self.out_shape), -1)
             y = jax.lax.dot_general(x2, k2, (((1,), (1,)), ((), ())))
         else:
-            y = jnp.dot(x2, k.reshape(-1, math.prod(self.out_shape)))
-        y = y.reshape(batch + self.out_shape)
-        if self.bias is not None:
-            y = y + self.bias[...].astype(self.dtype)
-        return y
+            y = jnp.dot(x2, k.reshape(-1, n_out))
+        return self._add_bias(y.reshape(batch + self.out_shape))
+
+    def _add_bias(self, y: jax.Array) -> jax.Array:
+        return y if self.bias is None else y + self.bias[...].astype(self.dtype)
 
 
 class Embed(nnx.Module):
-    """Token/position embedding table `[num, features]`; `attend` gives tied output logits."""
+    """Token/position embedding table `[num, features]`; `attend` gives tied output logits.
+
+    Quantized (`quant` set): `embedding` holds integer codes, `embedding_scale` `[num, G]` one scale per row and
+    group of features; looked-up rows are dequantized, and `attend` is `core.quant.matmul` over the codes.
+    """
+
+    quant: QuantSpec | None = None
 
     def __init__(self, num: int, features: int, *, axes: Axes = ("vocab", "embed"), opts: Options, rngs: nnx.Rngs):
         self.dtype = opts.compute_dtype
         self.embedding = param(rngs, normal(0.02), (num, features), opts.param_dtype, axes)
 
     def __call__(self, ids: jax.Array) -> jax.Array:
+        if self.quant is not None:
+            zero = None if self.embedding_zero is None else jnp.take(self.embedding_zero[...], ids, axis=0)
+            codes, scale = jnp.take(self.embedding[...], ids, axis=0), jnp.take(self.embedding_scale[...], ids, axis=0)
+            return dequantize_rows(codes, scale, zero, self.quant, self.dtype)
         return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:
@@ -117,6 +139,11 @@ class Embed(nnx.Module):
         copies (66 MB for t5-small, 150 MB for BART-base) on every call: in a decode step that copy cost up to 4x
         the step (scripts/bench_generate.py --arch t5 bart, BENCHMARKS.md). Values are unchanged."""
         x = jax.lax.optimization_barrier(x.astype(self.dtype))
+        if self.quant is not None:
+            zero = None if self.embedding_zero is None else self.embedding_zero[...]
+            x2 = x.reshape(-1, x.shape[-1])
+            y = quantized_matmul(x2, self.embedding[...], self.embedding_scale[...], zero, self.quant, self.dtype, True)
+            return jax.lax.optimization_barrier(y.reshape(*x.shape[:-1], -1))
         return jax.lax.optimization_barrier(jnp.dot(x, self.embedding[...].astype(self.dtype).T))
 
 
@@ -245,10 +272,11 @@ def set_kernel_layout(model: nnx.Module, out_first: bool) -> nnx.Module:
 
     Same numbers, different memory order: on XLA:CPU a one-row product (batch-1 decoding) streams `[out, in]` rows
     about 25% faster, while skinny multi-row products prefer `[in, out]` (scripts/bench_generate.py, BENCHMARKS.md).
-    Meant, like `unstack_layers`, for a decoding copy of the model; checkpoints always use `[*in, *out]`.
+    Meant, like `unstack_layers`, for a decoding copy of the model; checkpoints always use `[*in, *out]`. Quantized
+    kernels keep their layout (`core.quant.matmul` reads `[in, out]` codes as fast).
     """
     for _, module in list(nnx.iter_modules(model)):
-        if isinstance(module, Dense) and module.out_first != out_first:
+        if isinstance(module, Dense) and module.out_first != out_first and module.quant is None:
             n_in, n_out = len(module.in_shape), len(module.out_shape)
             first, second = (n_in, n_out) if not module.out_first else (n_out, n_in)
             perm = tuple(range(first, first + second)) + tuple(range(first))

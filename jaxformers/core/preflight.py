@@ -3,7 +3,8 @@
 A mis-sized mesh otherwise surfaces as an XLA error deep in a traceback, or silently as a replicated weight. The
 checks here say what is wrong and what to change:
 
-- the mesh: `AxisType.Auto` axes, one device kind, every process taking part;
+- the mesh: Auto or Explicit axes (Explicit ones run as Auto: `sharding.auto_mesh`), one device kind, every
+  process taking part;
 - the rules: known logical names and mesh axes (`sharding.resolve_rules`);
 - parameters: every one has logical axes; a dimension whose size the mesh axis it is mapped to does not divide is
   an error for `heads`, `mlp` and `embed` (a mis-sized tensor-parallel or FSDP axis), a warning for the others
@@ -64,12 +65,12 @@ class PreflightReport:
 def check_mesh(mesh: Mesh) -> PreflightReport:
     """Axis types, device kinds and process coverage of `mesh`."""
     report = PreflightReport()
-    explicit = [a for a, t in zip(mesh.axis_names, mesh.axis_types) if t != AxisType.Auto]
-    if explicit:
+    mesh = shd.auto_mesh(mesh)  # Explicit axes run as Auto ones (`sharding.auto_mesh`)
+    manual = [a for a, t in zip(mesh.axis_names, mesh.axis_types) if t != AxisType.Auto]
+    if manual:
         report.errors.append(
-            f"mesh axes {explicit} are not AxisType.Auto (jax.make_mesh defaults to Explicit); jaxformers shards by "
-            "logical rules in Auto mode: build the mesh with jf.make_mesh(...) or "
-            "jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(names))"
+            f"mesh axes {manual} are not AxisType.Auto or Explicit; jaxformers shards by logical rules over Auto "
+            "axes: build the mesh with jf.make_mesh(...) or jax.make_mesh(shape, names)"
         )
     devices = list(mesh.devices.flat)
     kinds = sorted({f"{d.platform}:{d.device_kind}" for d in devices})
@@ -78,6 +79,8 @@ def check_mesh(mesh: Mesh) -> PreflightReport:
             f"mesh mixes device kinds {kinds}; build it from one kind, e.g. "
             "jf.make_mesh(..., devices=[d for d in jax.devices() if d.device_kind == KIND])"
         )
+    if all(map(is_compile_only, devices)):  # a TPU topology compiled for ahead of time (`jaxformers.aot`)
+        return report
     known = set(jax.devices())
     foreign = [d for d in devices if d not in known]
     if foreign:
@@ -94,6 +97,12 @@ def check_mesh(mesh: Mesh) -> PreflightReport:
     if len(devices) < jax.device_count():
         report.warnings.append(f"mesh uses {len(devices)} of {jax.device_count()} devices")
     return report
+
+
+def is_compile_only(device: jax.Device) -> bool:
+    """Whether `device` only compiles (a device of `jax.experimental.topologies`, as `jaxformers.aot` uses): it has
+    no memory to run on, and the runtime's own device list does not hold it."""
+    return type(device.client).__name__ == "CompileOnlyPyClient"
 
 
 def _divisors(n: int) -> list[int]:
@@ -135,7 +144,9 @@ def check_params(model: nnx.Module, mesh: Mesh, rules: shd.Rules) -> PreflightRe
         )
         (report.errors if name in STRICT_AXES else report.warnings).append(msg)
     report.param_bytes_per_device = per_device
-    stats = mesh.devices.flat[0].memory_stats() if mesh.devices.flat[0].process_index == jax.process_index() else None
+    first = mesh.devices.flat[0]
+    runs_here = first.process_index == jax.process_index() and not is_compile_only(first)
+    stats = first.memory_stats() if runs_here else None
     limit = (stats or {}).get("bytes_limit")
     if limit and per_device > 0.9 * limit:
         report.errors.append(

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         message = " ".join(f"{type(e).__name__}: {e} {notes}".split())
         print(f"jaxformers train: error: {message}", file=sys.stderr)
         return 1
-    print(json.dumps(summary))
+    print(json.dumps(summary, default=float))  # numpy scalars as numbers
     return 0
 
 
@@ -105,6 +105,18 @@ def _train(args: argparse.Namespace) -> dict:
     _check_file(args.train, "--train")
     if args.eval is not None:
         _check_file(args.eval, "--eval")
+    elif args.eval_steps is not None:
+        raise ValueError("--eval-steps needs --eval FILE (the data to evaluate on)")
+    # every setting checked before anything is read or loaded
+    training_args = TrainingArguments(
+        output_dir=args.output, learning_rate=args.lr, per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size, num_train_epochs=args.epochs, max_steps=args.max_steps,
+        warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
+        eval_strategy="no" if args.eval is None else "steps" if args.eval_steps else "epoch",
+        eval_steps=args.eval_steps, save_steps=args.save_steps, logging_steps=args.logging_steps,
+        max_length=args.max_length, bf16=args.bf16, seed=args.seed,
+        resume_from_checkpoint=True if args.resume else None,
+    )  # fmt: skip
     head = HEADS[task]
     config = jf.AutoConfig.from_pretrained(args.model)
     _check_head(config.model_type, head, task, args.model)
@@ -119,15 +131,6 @@ def _train(args: argparse.Namespace) -> dict:
 
     mesh = jf.make_mesh() if jax.device_count() > 1 else None  # the batch split over every device
     model = jf.load(args.model, task=head, mesh=mesh, **_head_labels(config, train_set, head, args.model))
-    evaluate = "no" if eval_set is None else "steps" if args.eval_steps else "epoch"
-    training_args = TrainingArguments(
-        output_dir=args.output, learning_rate=args.lr, per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size, num_train_epochs=args.epochs, max_steps=args.max_steps,
-        warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, eval_strategy=evaluate,
-        eval_steps=args.eval_steps, save_steps=args.save_steps, logging_steps=args.logging_steps,
-        max_length=args.max_length, bf16=args.bf16,
-        seed=args.seed, resume_from_checkpoint=True if args.resume else None,
-    )  # fmt: skip
     trainer = Trainer(model, training_args, train_dataset=train_set, eval_dataset=eval_set, tokenizer=tokenizer,
                       mesh=mesh)  # fmt: skip
     result = trainer.train()

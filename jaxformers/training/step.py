@@ -80,6 +80,11 @@ class _ShardedJit:
 
     def __call__(self, state, batch):
         state, batch = shd.to_auto((state, batch))
+        with shd.auto_context():
+            return self._jitted(state)(state, batch)
+
+    def _jitted(self, state):
+        """The jitted step for this state's sharding layout (built once per layout)."""
         shardings = jax.tree.map(_sharding, state)
         key = tuple(jax.tree.leaves(shardings, is_leaf=lambda x: x is None))
         jitted = self._compiled.get(key)
@@ -88,13 +93,15 @@ class _ShardedJit:
             out = ((shardings, None) if self._returns_state else None) if known else None
             jitted = jax.jit(self._fn, out_shardings=out, donate_argnums=(0,) if self._donate else ())
             self._compiled[key] = jitted
-        with shd.auto_context():
-            return jitted(state, batch)
+        return jitted
 
     def lower(self, state, batch):
-        """Lower without running (ahead-of-time compilation, cost and memory analysis)."""
+        """Lower without running, exactly as a call compiles it (same output shardings, same donation): for
+        ahead-of-time compilation and memory/cost analysis. `state` and `batch` may be `jax.ShapeDtypeStruct`s
+        carrying shardings."""
+        state, batch = shd.to_auto((state, batch))
         with shd.auto_context():
-            return jax.jit(self._fn).lower(*shd.to_auto((state, batch)))
+            return self._jitted(state).lower(state, batch)
 
 
 def make_train_step(model: nnx.Module, optimizer: optax.GradientTransformation, loss: Callable | str = "auto", *,
