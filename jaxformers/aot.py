@@ -118,6 +118,8 @@ def load_libtpu(path: str | os.PathLike | None = None) -> str:
     # libtpu looks for the TPU VM it runs on unless told the host is alone; these only silence that probe
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-1")
+    # compile-only use holds no chip, so several processes (pytest -n 2, two planners) may load libtpu at once
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     xla_client.load_pjrt_plugin_dynamically("tpu", str(path))
     return str(path)
 

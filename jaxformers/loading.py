@@ -528,6 +528,7 @@ def save_checkpoint(model, directory, *, overwrite: bool = False) -> Path:
     """
     state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     config = model.config.to_hf()
+    config["architectures"] = [model.hf_architecture]  # the head this checkpoint holds
     meta = {"model_type": model.config.model_type, "architecture": model.hf_architecture}
     specs = quant.quantized_modules(model)
     if specs:  # restored quantized: `_load_orbax` rebuilds these layers before reading the codes

@@ -102,7 +102,7 @@ def check_mesh(mesh: Mesh) -> PreflightReport:
 def is_compile_only(device: jax.Device) -> bool:
     """Whether `device` only compiles (a device of `jax.experimental.topologies`, as `jaxformers.aot` uses): it has
     no memory to run on, and the runtime's own device list does not hold it."""
-    return type(device.client).__name__ == "CompileOnlyPyClient"
+    return type(getattr(device, "client", None)).__name__ == "CompileOnlyPyClient"
 
 
 def _divisors(n: int) -> list[int]:

@@ -71,6 +71,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--eval-steps", type=int, default=None, help="evaluate every N updates (default: every epoch)")
     p.add_argument("--logging-steps", type=int, default=10, help="log the loss every N updates (default 10)")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--devices", type=int, default=None,
+                   help="data-parallel devices (default: all; the global batch is --batch-size x devices)")
     p.set_defaults(func=run)
     return p
 
@@ -129,7 +131,10 @@ def _train(args: argparse.Namespace) -> dict:
     if args.eval is not None:
         eval_set = tokenize_dataset(args.eval, tokenizer, task, label_names=train_set.label_names, **columns)
 
-    mesh = jf.make_mesh() if jax.device_count() > 1 else None  # the batch split over every device
+    n = jax.device_count() if args.devices is None else args.devices
+    if not 1 <= n <= jax.device_count():
+        raise ValueError(f"--devices {n}: this host has {jax.device_count()} devices; pass 1..{jax.device_count()}")
+    mesh = jf.make_mesh(devices=jax.devices()[:n]) if n > 1 else None  # the batch split over the devices
     model = jf.load(args.model, task=head, mesh=mesh, **_head_labels(config, train_set, head, args.model))
     trainer = Trainer(model, training_args, train_dataset=train_set, eval_dataset=eval_set, tokenizer=tokenizer,
                       mesh=mesh)  # fmt: skip

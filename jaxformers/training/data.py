@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import collections.abc
 import csv
+import io
 import json
 import os
 import re
@@ -128,7 +129,7 @@ def _read_file(path: Path) -> list[dict]:
         if not isinstance(records, list):
             raise ValueError(f"{path} must hold a JSON list of objects (or one JSON object per line)")
     else:
-        records = [_parse_json(path, line, i) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+        records = [_parse_json(path, line, i) for i, line in enumerate(text.split("\n"), 1) if line.strip()]
     bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
     if bad is not None:
         raise ValueError(f"record {bad} of {path} is a JSON {type(records[bad]).__name__}, not an object: write one "
@@ -144,7 +145,7 @@ def _parse_json(path: Path, text: str, line: int):
 
 
 def _read_csv(path: Path, text: str, delimiter: str) -> list[dict]:
-    rows = list(csv.reader(text.splitlines(), delimiter=delimiter))
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))  # quoted fields may hold newlines
     rows = [row for row in rows if row]
     if not rows:
         return []

@@ -80,7 +80,7 @@ def train_cli(argv: list[str]) -> int:
 def base_args(files, output, *extra) -> list[str]:
     return ["--task", "sentiment-analysis", "--model", files["model"], "--train", files["train"],
             "--output", str(output), "--batch-size", "8", "--max-length", "16", "--seed", "0",
-            "--logging-steps", "1", *extra]  # fmt: skip
+            "--logging-steps", "1", "--devices", "1", *extra]  # fmt: skip
 
 
 def read_jsonl(path) -> list[dict]:
