@@ -323,7 +323,10 @@ class Trainer:
         per_epoch = len(loader)
         total = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * per_epoch / accumulation)
         optimizer, schedule = self._create_optimizer(total)
-        state = TrainState.create(self.model, optimizer, seed=args.seed)
+        from jaxformers import lora  # a model with LoRA adapters trains only them (and its modules_to_save)
+
+        trainable = lora.trainable(self.model) if lora.lora_modules(self.model) else None
+        state = TrainState.create(self.model, optimizer, seed=args.seed, trainable=trainable)
         own = Path(args.output_dir).expanduser().absolute() / CHECKPOINTS
         source = self._checkpoint_to_resume(resume, own)
         progress = {"epoch": 0, "batch": 0, "loss_pending": 0.0, "pending_count": 0, "loss_total": 0.0,
