@@ -40,6 +40,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from jaxformers import models
+from jaxformers.core import quant
 from jaxformers.core import sharding as shd
 from jaxformers.core.options import Options
 from jaxformers.core.preflight import check_mesh, check_params, format_bytes
@@ -218,7 +219,8 @@ def with_layers(config: Mapping[str, Any], n: int) -> dict:
 
 def model_class(config: Mapping[str, Any], task: str | None = None) -> type:
     """The class to build: the registry's class for `task`, else the one config.json's `architectures` names,
-    else a head with a loss (the causal LM of a decoder, the masked LM of an encoder), else the base model."""
+    else a head with a loss (the causal LM of a decoder, the seq2seq LM of an encoder-decoder, the masked LM of an
+    encoder), else the base model."""
     model_type = config.get("model_type")
     if model_type is None:
         raise ValueError("the config has no 'model_type'; pass a config.json dict or a checkpoint directory")
@@ -229,16 +231,42 @@ def model_class(config: Mapping[str, Any], task: str | None = None) -> type:
         for cls in tasks.values():
             if arch == cls.hf_architecture:
                 return cls
-    return tasks.get("causal-lm") or tasks.get("masked-lm") or tasks["base"]
+    return tasks.get("causal-lm") or tasks.get("seq2seq-lm") or tasks.get("masked-lm") or tasks["base"]
+
+
+def generation_task(config: Mapping[str, Any]) -> str:
+    """The head generation runs for a config.json dict: "seq2seq-lm" for an encoder-decoder, else "causal-lm"."""
+    return "seq2seq-lm" if model_class(config).is_encoder_decoder else "causal-lm"
+
+
+def tpu_quantization(quantization: quant.QuantizationConfig | str | dict | None) -> quant.QuantizationConfig | None:
+    """`QuantizationConfig.coerce(quantization)`, with compute "auto" resolved as on a TPU ("weight_only": the TPU
+    compiler fuses the dequantization into the dot) rather than as on this compile host's CPU."""
+    config = quant.QuantizationConfig.coerce(quantization)
+    if config is not None and config.bits is None:
+        raise ValueError("quantization: bits=None keeps a GGUF file's own formats; plan with 'int8' or 'int4'")
+    if config is not None and config.compute == "auto":
+        config = dataclasses.replace(config, compute="weight_only")
+    return config
 
 
 def abstract_model(config: Mapping[str, Any], *, task: str | None = None, options: Options = Options(),
-                   mesh: Mesh | None = None, rules: shd.Rules | str = "fsdp") -> nnx.Module:  # fmt: skip
+                   mesh: Mesh | None = None, rules: shd.Rules | str = "fsdp",
+                   quantization: quant.QuantizationConfig | str | None = None) -> nnx.Module:  # fmt: skip
     """A model built from a config.json dict with no weights: every parameter a `ShapeDtypeStruct`, sharded over
-    `mesh` by `rules` when a mesh is given (what `from_pretrained(..., mesh=, rules=)` would place)."""
+    `mesh` by `rules` when a mesh is given (what `from_pretrained(..., mesh=, rules=, quantization=)` would place).
+
+    quantization: "int8", "int4" or a `QuantizationConfig`: the layers it selects hold integer codes and float32
+    scales (`core.quant`), multiplied as on a TPU (`tpu_quantization`)."""
     cls = model_class(config, task)
     cfg = cls.config_class.from_hf(dict(config))
-    model = nnx.eval_shape(lambda: cls(cfg, options=options, rngs=nnx.Rngs(0)))
+    qconfig = tpu_quantization(quantization)
+
+    def build():
+        model = cls(cfg, options=options, rngs=nnx.Rngs(0))
+        return model if qconfig is None else quant.quantize(model, qconfig)
+
+    model = nnx.eval_shape(build)
     if mesh is None:
         return model
     rules = shd.resolve_rules(rules, mesh)
@@ -255,9 +283,12 @@ def _batch_sharding(mesh: Mesh, rules: shd.Rules, ndim: int) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(axes or None, *([None] * (ndim - 1))))
 
 
-def abstract_batch(model: nnx.Module, mesh: Mesh, rules, batch: int, seq: int, *, labels: bool) -> dict:
+def abstract_batch(model: nnx.Module, mesh: Mesh, rules, batch: int, seq: int, *, labels: bool,
+                   decoder_len: int | None = None) -> dict:  # fmt: skip
     """`ShapeDtypeStruct`s of a tokenized batch for `model` (input ids, mask, token types where the model takes
-    them; labels shaped for its head), split over the batch axes of `rules`."""
+    them; labels shaped for its head), split over the batch axes of `rules`. An encoder-decoder reads `seq` source
+    tokens; without labels (which it shifts into its decoder inputs) it also gets `decoder_input_ids` of
+    `decoder_len` tokens (default `seq`)."""
     rules = shd.resolve_rules(rules, mesh)
     shd.check_batch(batch, rules, dict(mesh.shape))
     row, rows = _batch_sharding(mesh, rules, 1), _batch_sharding(mesh, rules, 2)
@@ -267,6 +298,8 @@ def abstract_batch(model: nnx.Module, mesh: Mesh, rules, batch: int, seq: int, *
 
     if "token_type_ids" in model_input_names(model):
         out["token_type_ids"] = tokens
+    if model.is_encoder_decoder and not labels:
+        out["decoder_input_ids"] = jax.ShapeDtypeStruct((batch, decoder_len or seq), jnp.int32, sharding=rows)
     if labels:
         task = getattr(type(model), "task", "")
         if task == "question-answering":
@@ -279,11 +312,13 @@ def abstract_batch(model: nnx.Module, mesh: Mesh, rules, batch: int, seq: int, *
     return out
 
 
-def compile_forward(model: nnx.Module, mesh: Mesh, rules, *, batch: int, seq: int) -> jax.stages.Compiled:
-    """The model's forward pass (inference, dropout off) on a `[batch, seq]` batch, compiled for the mesh."""
+def compile_forward(model: nnx.Module, mesh: Mesh, rules, *, batch: int, seq: int,
+                    decoder_len: int | None = None) -> jax.stages.Compiled:  # fmt: skip
+    """The model's forward pass (inference, dropout off) on a `[batch, seq]` batch, compiled for the mesh (an
+    encoder-decoder: `seq` source tokens, `decoder_len` decoder tokens, default `seq`)."""
     rules = shd.resolve_rules(rules, mesh)
     graphdef, state = nnx.split(model)
-    inputs = abstract_batch(model, mesh, rules, batch, seq, labels=False)
+    inputs = abstract_batch(model, mesh, rules, batch, seq, labels=False, decoder_len=decoder_len)
 
     def forward(state, inputs):
         return nnx.merge(graphdef, state)(**inputs)
@@ -327,7 +362,10 @@ def compile_train_step(model: nnx.Module, mesh: Mesh, rules, *, batch: int, seq:
 def compile_generate(model: nnx.Module, mesh: Mesh, rules, *, batch: int, prompt_len: int,
                      max_new_tokens: int) -> jax.stages.Compiled:  # fmt: skip
     """Greedy generation as `jf.generate` runs it on an accelerator (prefill into a static KV cache, then the
-    decode `while_loop` over the scanned layers), in one program: its peak covers both phases."""
+    decode `while_loop` over the scanned layers), in one program: its peak covers both phases.
+
+    An encoder-decoder's `prompt_len` tokens are its source: the encoder runs once, every decoder layer's
+    cross-attention K/V go into the cache, and the decoder starts from `decoder_start_token_id` (as `jf.generate`)."""
     from jaxformers.generation import decode
     from jaxformers.generation.config import GenerationConfig
 
@@ -335,13 +373,19 @@ def compile_generate(model: nnx.Module, mesh: Mesh, rules, *, batch: int, prompt
     graphdef, state = nnx.split(model)
     tokens = abstract_batch(model, mesh, rules, batch, prompt_len, labels=False)["input_ids"]
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=0)
-    cache_len = prompt_len + max_new_tokens
+    seq2seq = model.is_encoder_decoder
+    # mBART has no start id (it starts from a language id): the value is a constant that never changes the program
+    start = getattr(model.config, "decoder_start_token_id", None) or 0
+    cache_len = (1 if seq2seq else prompt_len) + max_new_tokens
 
     def generate(state, ids):
         rows = ids.shape[0]
+        src = (ids, jnp.ones_like(ids)) if seq2seq else ()
+        if seq2seq:
+            ids = jnp.full((rows, 1), start, jnp.int32)
         st = decode.greedy_start(
             graphdef, state, ids, jnp.ones_like(ids), jnp.zeros((rows,), jnp.int32), jnp.ones((rows,), bool), 0,
-            jax.random.key(0), max_new_tokens, cfg=cfg, cache_len=cache_len, buf_len=cache_len, unroll=False,
+            jax.random.key(0), max_new_tokens, *src, cfg=cfg, cache_len=cache_len, buf_len=cache_len, unroll=False,
         )  # fmt: skip
         return decode.greedy_run(graphdef, state, st, max_new_tokens, cfg=cfg).hist.ids
 
@@ -349,25 +393,29 @@ def compile_generate(model: nnx.Module, mesh: Mesh, rules, *, batch: int, prompt
         return jax.jit(generate).lower(state, tokens).compile()
 
 
-def compile_decode_step(model: nnx.Module, mesh: Mesh, rules, *, batch: int, cache_len: int
-                        ) -> jax.stages.Compiled:  # fmt: skip
-    """One decode step (one new token per row against a full `cache_len` KV cache): the unit of generation time."""
+def compile_decode_step(model: nnx.Module, mesh: Mesh, rules, *, batch: int, cache_len: int,
+                        source_len: int | None = None) -> jax.stages.Compiled:  # fmt: skip
+    """One decode step (one new token per row against a full `cache_len` KV cache): the unit of generation time.
+    An encoder-decoder runs its decoder only, against the cross-attention K/V of `source_len` source tokens."""
     rules = shd.resolve_rules(rules, mesh)
     graphdef, state = nnx.split(model)
     ids = abstract_batch(model, mesh, rules, batch, 1, labels=False)["input_ids"]
-    cache = abstract_cache(model, mesh, rules, batch, cache_len)
+    cache = abstract_cache(model, mesh, rules, batch, cache_len, source_len=source_len)
 
     def step(state, ids, cache):
-        out = nnx.merge(graphdef, state)(ids, jnp.ones_like(ids), cache=cache, logits_to_keep=1)
+        model = nnx.merge(graphdef, state)
+        call = model.decode if model.is_encoder_decoder else model
+        out = call(ids, jnp.ones_like(ids), cache=cache, logits_to_keep=1)
         return out.logits, out.cache
 
     with shd.use_mesh(mesh, rules):
         return jax.jit(step, donate_argnums=2).lower(state, ids, cache).compile()
 
 
-def abstract_cache(model: nnx.Module, mesh: Mesh, rules, batch: int, cache_len: int):
+def abstract_cache(model: nnx.Module, mesh: Mesh, rules, batch: int, cache_len: int, *, source_len: int | None = None):
     """The model's empty KV cache as `ShapeDtypeStruct`s: rows split like the batch, kv heads like the attention
-    activations (`act_kv_heads`) where the rules split them and the mesh divides them."""
+    activations (`act_kv_heads`) where the rules split them and the mesh divides them. An encoder-decoder's cache
+    also holds every decoder layer's cross-attention K/V over `source_len` source tokens (`core.seq2seq`)."""
     rules = shd.resolve_rules(rules, mesh)
     shape = dict(mesh.shape)
     names = {5: (None, "act_batch", None, "act_kv_heads", None), 2: ("act_batch", None), 0: ()}
@@ -376,7 +424,19 @@ def abstract_cache(model: nnx.Module, mesh: Mesh, rules, batch: int, cache_len: 
         spec = shd.logical_spec(names[x.ndim], rules, shape, x.shape)
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, spec))
 
-    return jax.tree.map(place, jax.eval_shape(lambda: model.init_cache(batch, cache_len)))
+    if model.is_encoder_decoder:
+        if source_len is None:
+            raise ValueError("an encoder-decoder's cache holds the cross-attention K/V: pass source_len")
+        graphdef, state = nnx.split(model)
+
+        def init(state, src):  # the cross K/V's shapes come from the encoder's output and the decoder's projections
+            m = nnx.merge(graphdef, state)
+            return m.init_cache(batch, cache_len, m.encode(src).last_hidden_state)
+
+        cache = jax.eval_shape(init, state, jax.ShapeDtypeStruct((batch, source_len), jnp.int32))
+    else:
+        cache = jax.eval_shape(lambda: model.init_cache(batch, cache_len))
+    return jax.tree.map(place, cache)
 
 
 def per_chip_bytes(tree) -> int:
@@ -434,6 +494,7 @@ class Plan:
     remat: bool
     memory: MemoryBreakdown
     fits: bool
+    quantization: str | None = None  # "int8" / "int4 (group 128)": the weight-only format of the linear layers
     compiler_message: str | None = None
     step_seconds: float | None = None  # train/forward: one step; generate: prefill + every decode step
     decode_seconds: float | None = None  # generate: one decode step
@@ -455,7 +516,7 @@ class Plan:
         mesh = ", ".join(f"{a}={n}" for a, n in self.mesh.items() if n > 1) or "one device"
         lines = [
             f"{self.model}: {self.task}, batch {self.batch} x {self.seq} tokens, {self.dtype}"
-            + (", remat" if self.remat else ""),
+            + (f", {self.quantization} weights" if self.quantization else "") + (", remat" if self.remat else ""),
             f"{self.topology}: {self.num_devices} x {self.chip.device_kind}, preset {self.preset} ({mesh})",
             "per-chip HBM:",
             f"  weights          {format_bytes(m.weights):>12}",
@@ -487,8 +548,16 @@ class Plan:
         return "\n".join(lines)
 
 
-def _count_params(model: nnx.Module) -> int:
-    return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+def _count_params(model: nnx.Module, part: str | None = None) -> int:
+    """Parameters of `model`, or of those whose path has a module named `part` (e.g. "encoder")."""
+    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    return sum(math.prod(v.shape) for path, v in flat if part is None or part in map(str, path))
+
+
+def _quant_name(config: quant.QuantizationConfig | None) -> str | None:
+    if config is None:
+        return None
+    return f"int{config.bits}" + ("" if config.group_size is None else f" (group {config.group_size})")
 
 
 def _compile(task: str, model, mesh, rules, batch: int, seq: int, max_new_tokens: int):
@@ -519,15 +588,25 @@ def _depth_cost(config, depth: int, compile_at) -> tuple[float, float | None]:
 def plan(config: Mapping[str, Any], *, topology: str, preset: str = "fsdp", task: str = "train", batch: int = 8,
          seq: int = 2048, dtype: str = "bfloat16", remat: bool = False, max_new_tokens: int = 128,
          num_slices: int = 1, mesh: Mapping[str, int] | None = None, timing: bool = True,
-         name: str | None = None, libtpu: str | None = None) -> Plan:  # fmt: skip
+         name: str | None = None, libtpu: str | None = None,
+         quantization: quant.QuantizationConfig | str | None = None) -> Plan:  # fmt: skip
     """Compile `task` for `topology` from the config alone and report per-chip HBM, fit and estimated time.
 
     train: `make_train_step` with AdamW, float32 master weights, `dtype` compute. generate: greedy decoding of
-    `max_new_tokens` after a `seq`-token prompt, weights stored in `dtype`. forward: one inference forward pass.
-    timing: also compile 1- and 2-layer twins for the step-time and MFU estimates.
+    `max_new_tokens` after a `seq`-token prompt (an encoder-decoder's source), weights stored in `dtype`. forward:
+    one inference forward pass. timing: also compile 1- and 2-layer twins for the step-time and MFU estimates.
+    quantization: "int8", "int4" or a `QuantizationConfig` (generate / forward): the linear layers' weights stored
+    as integer codes with float32 scales, as `from_pretrained(..., quantization=)` loads them; the rest in `dtype`.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+    qconfig = tpu_quantization(quantization)
+    if qconfig is not None and task == "train":
+        raise ValueError(
+            "quantized weights are frozen (weight-only quantization has no gradient for its codes): plan "
+            "--task generate or forward with --quant, or train the float model (LoRA adapters over quantized "
+            "weights are not planned yet)"
+        )
     for what, n in (("batch", batch), ("seq", seq), ("max_new_tokens", max_new_tokens)):
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"{what} must be a positive integer, got {n!r}")
@@ -536,8 +615,8 @@ def plan(config: Mapping[str, Any], *, topology: str, preset: str = "fsdp", task
     rules = shd.resolve_rules(preset, grid)
     param_dtype = jnp.float32 if task == "train" else jnp.dtype(dtype)
     options = Options(dtype=dtype, param_dtype=param_dtype, remat=remat)
-    task_head = None if task == "train" else ("causal-lm" if task == "generate" else None)
-    model = abstract_model(config, task=task_head, options=options, mesh=grid, rules=rules)
+    task_head = generation_task(config) if task == "generate" else None
+    model = abstract_model(config, task=task_head, options=options, mesh=grid, rules=rules, quantization=qconfig)
     report = check_mesh(grid).extend(check_params(model, grid, rules))
     report.raise_errors()
     memory = MemoryBreakdown(weights=per_chip_bytes(nnx.state(model, nnx.Param)))
@@ -546,11 +625,14 @@ def plan(config: Mapping[str, Any], *, topology: str, preset: str = "fsdp", task
     if task == "train":
         memory.optimizer = per_chip_bytes(abstract_train_state(model, create_optimizer(1e-4, 1000)[0], grid).opt_state)
     if task == "generate":
-        memory.kv_cache = per_chip_bytes(abstract_cache(model, grid, rules, batch, seq + max_new_tokens))
+        seq2seq = model.is_encoder_decoder  # its cache: 1 start token + new ones, and the source's cross K/V
+        memory.kv_cache = per_chip_bytes(abstract_cache(model, grid, rules, batch, (1 if seq2seq else seq) +
+                                                        max_new_tokens, source_len=seq))  # fmt: skip
     out = Plan(
         model=name or str(config.get("_name_or_path") or config.get("model_type")), topology=chips.name,
         chip=chips.chip, num_devices=chips.num_devices, mesh=dict(grid.shape), preset=preset, task=task, batch=batch,
         seq=seq, dtype=jnp.dtype(dtype).name, remat=remat, memory=memory, fits=True, warnings=list(report.warnings),
+        quantization=_quant_name(qconfig),
     )  # fmt: skip
     try:
         compiled = _compile(task, model, grid, rules, batch, seq, max_new_tokens)
@@ -568,36 +650,49 @@ def plan(config: Mapping[str, Any], *, topology: str, preset: str = "fsdp", task
         memory.outputs = stats.output_size_in_bytes - stats.alias_size_in_bytes
         memory.temporaries = stats.temp_size_in_bytes
     if timing and out.fits:
-        _estimate_time(out, config, task_head, options, grid, rules, max_new_tokens)
+        _estimate_time(out, config, task_head, options, grid, rules, max_new_tokens, qconfig)
     out.suggestions = _suggestions(out)
     return out
 
 
-def _estimate_time(out: Plan, config, task_head, options: Options, grid: Mesh, rules, max_new_tokens: int) -> None:
+def _estimate_time(out: Plan, config, task_head, options: Options, grid: Mesh, rules, max_new_tokens: int,
+                   qconfig: quant.QuantizationConfig | None) -> None:  # fmt: skip
     depth = num_layers(config)
     unrolled = options.replace(scan_layers=False)
-    n_params = _count_params(abstract_model(config, task=task_head, options=unrolled))
+    float_model = abstract_model(config, task=task_head, options=unrolled)
+    n_params = _count_params(float_model)  # float: N of the 2N / 6N
     tokens = out.batch * out.seq
 
     def twin(cfg):
-        return abstract_model(cfg, task=task_head, options=unrolled, mesh=grid, rules=rules)
+        return abstract_model(cfg, task=task_head, options=unrolled, mesh=grid, rules=rules, quantization=qconfig)
 
     if out.task == "generate":
-        prefill = _depth_cost(config, depth, lambda c: compile_forward(twin(c), grid, rules, batch=out.batch,
-                                                                         seq=out.seq))  # fmt: skip
-        cache_len = out.seq + max_new_tokens
-        decode = _depth_cost(config, depth, lambda c: compile_decode_step(twin(c), grid, rules, batch=out.batch,
-                                                                            cache_len=cache_len))  # fmt: skip
+        seq2seq = model_class(config, task_head).is_encoder_decoder
+        decoder_len = 1 if seq2seq else None  # a seq2seq prefill: the encoder and the start token
+
+        def prefill_at(c):
+            return compile_forward(twin(c), grid, rules, batch=out.batch, seq=out.seq, decoder_len=decoder_len)
+
+        def decode_at(c):
+            cache_len = (1 if seq2seq else out.seq) + max_new_tokens
+            return compile_decode_step(twin(c), grid, rules, batch=out.batch, cache_len=cache_len, source_len=out.seq)
+
+        prefill, decode = _depth_cost(config, depth, prefill_at), _depth_cost(config, depth, decode_at)
         out.decode_seconds = decode[1]
         if prefill[1] is not None and decode[1] is not None:
             out.step_seconds = prefill[1] + max_new_tokens * decode[1]
         out.flops_per_chip = prefill[0] + max_new_tokens * decode[0]
-        out.model_flops_per_chip = 2 * n_params * out.batch * (out.seq + max_new_tokens) / out.num_devices
-        return
-    compile_at = (lambda c: compile_train_step(twin(c), grid, rules, batch=out.batch, seq=out.seq)) if \
-        out.task == "train" else (lambda c: compile_forward(twin(c), grid, rules, batch=out.batch, seq=out.seq))
-    out.flops_per_chip, out.step_seconds = _depth_cost(config, depth, compile_at)
-    out.model_flops_per_chip = (6 if out.task == "train" else 2) * n_params * tokens / out.num_devices
+        # 2 N per token; an encoder-decoder's source tokens run through the encoder's N, the generated ones through
+        # the rest (decoder, embeddings, head)
+        n_enc = _count_params(float_model, "encoder") if seq2seq else 0
+        per_row = n_enc * out.seq + (n_params - n_enc) * max_new_tokens if seq2seq else \
+            n_params * (out.seq + max_new_tokens)
+        out.model_flops_per_chip = 2 * per_row * out.batch / out.num_devices
+    else:
+        compile_at = (lambda c: compile_train_step(twin(c), grid, rules, batch=out.batch, seq=out.seq)) if \
+            out.task == "train" else (lambda c: compile_forward(twin(c), grid, rules, batch=out.batch, seq=out.seq))
+        out.flops_per_chip, out.step_seconds = _depth_cost(config, depth, compile_at)
+        out.model_flops_per_chip = (6 if out.task == "train" else 2) * n_params * tokens / out.num_devices
     if out.step_seconds is None:
         out.warnings.append("the TPU compiler's cost model gave no time for this program: no step time or MFU")
 
@@ -610,8 +705,11 @@ def _suggestions(out: Plan) -> list[str]:
         tips.append("rematerialise layers in the backward pass (--remat): activations shrink to one layer's")
     if out.preset in ("replicated", "dp") and out.num_devices > 1:
         tips.append("shard the weights and optimizer state: --preset fsdp (or fsdp_tp)")
+    if out.task != "train" and out.quantization is None:
+        tips.append("store the weights in int8 (weight-only quantization, --quant int8) to halve their bytes")
+    elif out.task != "train" and out.quantization.startswith("int8"):
+        tips.append("store the weights in 4 bits (--quant int4) to halve them again")
     if out.task == "generate":
-        tips.append("store the weights in int8 (weight-only quantization) to halve their bytes")
         tips.append("split the weights over more chips: --preset tp or fsdp_tp" + (" on a larger slice" if
                                                                                  out.num_devices == 1 else ""))
     tips.append(f"a larger slice (more chips than {out.topology}) to spread the weights"
@@ -649,6 +747,16 @@ def _mesh_arg(text: str) -> dict[str, int]:
     return sizes
 
 
+def _quant_arg(args: argparse.Namespace) -> quant.QuantizationConfig | None:
+    """`--quant` / `--group-size` as a `QuantizationConfig` (group size "auto": per channel for int8, 128 for int4)."""
+    if args.quant is None:
+        if args.group_size is not None:
+            raise ValueError("--group-size applies to quantized weights: add --quant int8 or --quant int4")
+        return None
+    group = "auto" if args.group_size is None else args.group_size
+    return quant.QuantizationConfig(bits=8 if args.quant == "int8" else 4, group_size=group)
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register `jaxformers plan` on an argparse subparsers object."""
     p = subparsers.add_parser(
@@ -667,6 +775,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=128, help="generate: tokens generated after the prompt")
     p.add_argument("--dtype", default="bfloat16", help="compute dtype (generate: also the weights' dtype)")
     p.add_argument("--remat", action="store_true", help="train: rematerialise each layer in the backward pass")
+    p.add_argument("--quant", choices=("int8", "int4"), default=None,
+                   help="generate/forward: weight-only quantized linear layers (as from_pretrained(quantization=))")
+    p.add_argument("--group-size", type=int, default=None,
+                   help="--quant: input rows per scale (default: one scale per output channel for int8, 128 for int4)")
     p.add_argument("--num-slices", type=int, default=1, help="slices joined over the data-center network (data axis)")
     p.add_argument("--mesh", type=_mesh_arg, default=None, help="axis sizes within a slice, e.g. fsdp=2,tp=4")
     p.add_argument("--no-timing", action="store_true", help="skip the step-time / MFU estimate (two small compiles)")
@@ -681,11 +793,14 @@ def run(args: argparse.Namespace) -> int:
         jax.config.update("jax_platforms", os.environ.get("JAX_PLATFORMS") or "cpu")
     except RuntimeError:  # backends already initialised (an embedding program): they stay as they are
         pass
+    # a compile-only TPU program cannot be loaded back from JAX's persistent cache (it has no TPU client): writing
+    # it there would only fill the user's cache and warn on the next run
+    jax.config.update("jax_enable_compilation_cache", False)
     config, name = read_config(args.model)
     result = plan(
         config, name=name, topology=args.topology, preset=args.preset, task=args.task, batch=args.batch,
         seq=args.seq, dtype=args.dtype, remat=args.remat, max_new_tokens=args.max_new_tokens,
-        num_slices=args.num_slices, mesh=args.mesh, timing=not args.no_timing,
+        num_slices=args.num_slices, mesh=args.mesh, timing=not args.no_timing, quantization=_quant_arg(args),
     )  # fmt: skip
     if args.json:
         record = dataclasses.asdict(result) | {"mfu": result.mfu, "peak_bytes": result.memory.peak}

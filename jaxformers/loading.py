@@ -486,6 +486,9 @@ def save_pretrained(model, directory) -> None:
     is not replaced atomically (a crash between files can pair new weights with the old config.json): for that, use
     `save_checkpoint`. A jaxformers Orbax checkpoint directory is refused (`load` would keep reading the checkpoint).
     """
+    from jaxformers import lora
+
+    lora.check_no_adapters(model, "save_pretrained")  # the adapters have no place in a transformers checkpoint
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise FileExistsError(f"{directory} is a file; save_pretrained writes a directory. Choose another path.")

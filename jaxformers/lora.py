@@ -27,6 +27,10 @@ with respect to its input: the "weight_only" compute gives the exact one, by dif
 activation quantization ("auto" on CPU) has no correct gradient of its own, and `inject` warns about it.
 `merge_and_unload` of a quantized layer dequantizes it (a float kernel, the layer is no longer quantized): export only.
 
+Saving. `save_adapter` writes PEFT's two files (what `PeftModel.save_pretrained` writes), and so does
+`Trainer.save_model` on an adapted model (with the tokenizer's files). `model.save_pretrained` of a model that still
+has adapters raises: a transformers checkpoint has no place for them; `merge_and_unload` first for a full export.
+
 Names. `target_modules` and `modules_to_save` use PEFT's matching on the transformers module names (a list: a name
 equal to an entry or ending with `.entry`; a string: a regular expression matched against the whole name), which
 the model's conversion table maps to jaxformers layers, so `["query", "value"]` (BERT) or `["q_proj", "v_proj"]`
@@ -364,6 +368,17 @@ def _layers_of(model, dotted_path: str) -> int:
 def lora_modules(model) -> dict[tuple[str, ...], LoraDense]:
     """`{module path: LoraDense}` of the layers carrying an adapter (empty when the model has none)."""
     return {tuple(str(p) for p in path): m for path, m in nnx.iter_modules(model) if isinstance(m, LoraDense)}
+
+
+def check_no_adapters(model, action: str) -> None:
+    """Raise a ValueError naming the fix when `model` has LoRA adapters: `action` (e.g. "save_pretrained") writes
+    a transformers checkpoint of the base weights, which has no place for them and would drop them silently."""
+    adapted = lora_modules(model)
+    if adapted:
+        raise ValueError(f"{type(model).__name__} has LoRA adapters on {len(adapted)} layers, which {action} cannot "
+                         "write (a transformers checkpoint holds the base weights only: the adapters would be lost). "
+                         "Save the adapter in PEFT's format with jf.lora.save_adapter(model, directory), or fold it "
+                         "into the weights with jf.lora.merge_and_unload(model) and then call save_pretrained")
 
 
 def _with_task(config: LoraConfig, model) -> LoraConfig:

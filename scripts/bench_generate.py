@@ -13,15 +13,31 @@ decode time ((t(128 tokens) - t(1 token)) / 127), the ratio jaxformers/PyTorch (
 time (tracing + compilation + one run) with the compile overhead (first call minus a warm call) in brackets, and
 how many generated tokens agree between the two. `--quant` adds rows for the same model loaded with
 `quantization="int8"` / `"int4"` (`jaxformers.core.quant`, default compute: dynamic int8 activations on CPU), with
-their speed against jaxformers' float32 ("vs fp32") and PyTorch ("ratio"), and the tokens agreeing with float32. `--scan-layout` also times the decode loop over scanned stacked
-weights, the layout the per-layer default is chosen against.
+their speed against jaxformers' float32 ("vs fp32") and PyTorch ("ratio"), and the tokens agreeing with float32.
+`--scan-layout` also times the decode loop over scanned stacked weights, the layout the per-layer default is chosen
+against.
+
+    python scripts/bench_generate.py --memory             # peak memory while generating, each side in its own process
+    python scripts/bench_generate.py --cold-vs-cached     # first generate call: empty vs warm compile cache
+
+`--memory` (decoder-only models) runs each framework in a fresh process: build the model from the saved checkpoint,
+then two identical `generate` calls, and reads the process's resident-set high-water mark (VmHWM, reset through
+/proc/self/clear_refs before each phase, so the phases' peaks are separate). It prints, in MB: the weights and the
+KV cache (at the length the framework allocates: jaxformers' bucketed cache, PyTorch's prompt + new tokens); the
+resident set of the bare runtime (imports done, no model); then the peaks of the first call (compilation included)
+and of the second, each as the growth over that bare runtime, and the target the issue sets (weights + KV cache +
+15%). `--cold-vs-cached` runs scripts/bench_compile_cache.py's measurement (a fresh process with an empty
+compilation cache, then another with the cache it wrote) and prints the ratio of the two first calls.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -55,7 +71,130 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _rss_mb(field: str) -> float:
+    """This process's VmRSS / VmHWM (resident set now / its high-water mark) in MB, from /proc/self/status."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+
+def _reset_peak() -> None:
+    """Make VmHWM start again from the current resident set (Linux: "5" to /proc/self/clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def memory_child(framework: str, name: str, directory: str, batch: int, prompt: int, new: int) -> dict:
+    """Runs in a fresh process: the resident-set figures of one framework generating from the saved `directory`."""
+    import numpy as np
+
+    out = {}
+    if framework == "pytorch":
+        import torch
+        import transformers
+
+        torch.ones(1).sum()
+        out["runtime"] = _rss_mb("VmRSS")
+        model = getattr(transformers, MODELS[name][1]).from_pretrained(directory).eval()
+        cfg = model.config
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        head_dim = cfg.hidden_size // cfg.num_attention_heads
+        kv = 2 * cfg.num_hidden_layers * batch * (prompt + new) * heads * head_dim * 4
+        ids = torch.tensor(np.random.RandomState(batch).randint(1, cfg.vocab_size - 1, (batch, prompt))).long()
+        eos = cfg.vocab_size - 1
+
+        def generate():
+            with torch.inference_mode():
+                model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                               min_new_tokens=0, do_sample=False, eos_token_id=eos, pad_token_id=eos)  # fmt: skip
+    else:
+        import jax
+        import jax.numpy as jnp
+
+        import jaxformers as jf
+        from jaxformers.generation import MIN_PROMPT_BUCKET, new_tokens_bucket
+
+        jnp.ones(1).block_until_ready()
+        out["runtime"] = _rss_mb("VmRSS")
+        model = jf.AutoModelForCausalLM.from_pretrained(directory)
+        weights = sum(x.nbytes for x in jax.tree.leaves(jf.pure(model)[1]))
+        cache_len = max(MIN_PROMPT_BUCKET, 1 << (prompt - 1).bit_length()) + new_tokens_bucket(new)
+        kv = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(jax.eval_shape(
+            lambda: model.init_cache(batch, cache_len))))  # fmt: skip
+        vocab = model.config.vocab_size
+        ids = np.random.RandomState(batch).randint(1, vocab - 1, (batch, prompt)).astype(np.int32)
+
+        def generate():
+            jf.generate(model, ids, max_new_tokens=new, do_sample=False, eos_token_id=vocab - 1, pad_token_id=vocab - 1)
+
+    out["weights"], out["kv"] = weights / 2**20, kv / 2**20
+    out["loaded"] = _rss_mb("VmRSS")
+    for phase in ("first", "second"):
+        _reset_peak()
+        generate()
+        out[phase] = _rss_mb("VmHWM")
+    return out
+
+
+def memory_report(models: list[str], batches: list[int], prompt: int, new: int) -> list[dict]:
+    """Peak resident memory of generation, jaxformers and PyTorch, each in fresh processes (see the docstring)."""
+    import torch
+    import transformers
+
+    print(f"\npeak resident memory while generating (MB): prompt {prompt}, {new} new tokens, greedy, fp32; growth over "
+          "the bare runtime")
+    print(f"{'model':<7}{'batch':>6}{'impl':>12}{'weights':>9}{'KV':>7}{'runtime':>9}{'loaded':>8}{'1st call':>10}"
+          f"{'2nd call':>10}{'target':>8}")  # fmt: skip
+    rows = []
+    for name in models:
+        cfg_cls, model_cls, kw = MODELS[name]
+        eos = kw["vocab_size"] - 1
+        torch.manual_seed(0)
+        cfg = getattr(transformers, cfg_cls)(**kw, eos_token_id=eos, bos_token_id=0, pad_token_id=eos)
+        with tempfile.TemporaryDirectory() as tmp:
+            getattr(transformers, model_cls)(cfg).save_pretrained(tmp)
+            for b in batches:
+                for framework in ("jaxformers", "pytorch"):
+                    cmd = [sys.executable, __file__, "--memory-child", framework, name, tmp, str(b), str(prompt),
+                           str(new)]  # fmt: skip
+                    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+                    res = json.loads(subprocess.run(cmd, env=env, capture_output=True, text=True,
+                                                    check=True).stdout.strip().splitlines()[-1])  # fmt: skip
+                    base = res["runtime"]
+                    target = 1.15 * (res["weights"] + res["kv"])
+                    print(f"{name:<7}{b:>6}{framework:>12}{res['weights']:>9.0f}{res['kv']:>7.0f}{base:>9.0f}"
+                          f"{res['loaded'] - base:>8.0f}{res['first'] - base:>10.0f}{res['second'] - base:>10.0f}"
+                          f"{target:>8.0f}")  # fmt: skip
+                    rows.append({"model": name, "batch": b, "impl": framework, **res})
+    return rows
+
+
+def cold_vs_cached(models: list[str], batch: int, prompt: int, new: int) -> list[dict]:
+    """The first `generate` call in a fresh process, with an empty compilation cache and then with the one it wrote:
+    scripts/bench_compile_cache.py's measurement, reused."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_compile_cache
+
+    print(f"\nfirst generate call in a fresh process: batch {batch}, prompt {prompt}, {new} new tokens")
+    rows = []
+    for name in models:
+        with tempfile.TemporaryDirectory() as folder:
+            cold = bench_compile_cache.run(name, batch, prompt, new, folder)
+            warm = bench_compile_cache.run(name, batch, prompt, new, folder)
+        ratio = warm["first"] / cold["first"]
+        print(f"{name}: cold {cold['first']:.2f} s (cpu {cold['first_cpu']:.2f} s), cached {warm['first']:.2f} s "
+              f"(cpu {warm['first_cpu']:.2f} s, {warm['hits']} cache hits): {ratio:.0%} of the cold call "
+              f"(target <= 40%)")  # fmt: skip
+        rows.append({"model": name, "cold": cold, "warm": warm, "ratio": ratio})
+    return rows
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--memory-child":
+        framework, name, directory, *sizes = sys.argv[2:]
+        print(json.dumps(memory_child(framework, name, directory, *map(int, sizes))))
+        return None
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", "--arch", nargs="+", default=["gpt2", "llama"], choices=list(MODELS))
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
@@ -69,7 +208,14 @@ def main():
                     help="also time jaxformers with weights quantized to these formats")
     ap.add_argument("--quant-head", action="store_true",
                     help="with --quant: quantize the LM head (untied) or the tied token embedding too")
+    ap.add_argument("--memory", action="store_true",
+                    help="also measure peak resident memory while generating, each framework in fresh processes")
+    ap.add_argument("--cold-vs-cached", action="store_true",
+                    help="only measure the first generate call with an empty vs a warm compilation cache")
     args = ap.parse_args()
+    if args.cold_vs_cached:
+        return cold_vs_cached([m for m in args.models if m not in SEQ2SEQ], args.batches[0], args.prompt or 32,
+                              args.new or 128)  # fmt: skip
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import jax
@@ -123,7 +269,8 @@ def main():
                 "the EOS id occurred: pick another"
             )
             t_all, t_one = median_time(lambda: ours(args.new), args.repeats), median_time(lambda: ours(1), args.repeats)
-            res = {"model": name, "batch": b, "jf_tps": b * args.new / t_all, "jf_step": (t_all - t_one) / (args.new - 1)}
+            res = {"model": name, "batch": b, "jf_tps": b * args.new / t_all,
+                   "jf_step": (t_all - t_one) / (args.new - 1)}  # fmt: skip
             res["first"], res["compile"] = first, first - t_all
             line = f"{name:<7}{b:>6}{'jaxformers':>12}{res['jf_tps']:>9.1f}{res['jf_step'] * 1e3:>9.2f}{first:>8.2f}"
             line += f" ({res['compile']:.1f})"
@@ -178,6 +325,9 @@ def main():
                 print(f"{q_line}   vs fp32: {tps / res['jf_tps']:.2f}x tok/s, "
                       f"{res['jf_step'] / step:.2f}x per step; tokens agreeing with fp32: {agree:.1%}")  # fmt: skip
             rows.append(res)
+    if args.memory:
+        decoders = [m for m in args.models if m not in SEQ2SEQ]
+        rows += memory_report(decoders, args.batches, args.prompt, args.new)
     return rows
 
 

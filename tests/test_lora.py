@@ -225,3 +225,17 @@ def test_qlora_merge_equals_the_dequantized_weights_plus_the_adapter(tiny_hf):
     lora.merge_and_unload(model)
     assert layer.kernel.dtype == jnp.float32 and layer.quant is None and type(layer) is not lora.LoraDense
     np.testing.assert_allclose(jf_logits(model, ids, mask), before, atol=1e-5)
+
+
+def test_save_pretrained_refuses_a_model_with_adapters_and_names_the_two_ways_out(tiny_hf, tmp_path):
+    directory, _ = tiny_hf("bert", "BertForSequenceClassification")
+    model = lora.inject(jf.load(directory), lora.LoraConfig(r=2, target_modules=["query"], init_lora_weights=False))
+    with pytest.raises(ValueError, match=r"LoRA adapters on 1 layers.*jf\.lora\.save_adapter\(model, directory\).*"
+                                         r"jf\.lora\.merge_and_unload\(model\)"):
+        model.save_pretrained(tmp_path / "full")
+    assert not (tmp_path / "full").exists()  # refused before anything was written
+    ids, mask = inputs()
+    adapted = jf_logits(model, ids, mask)
+    lora.merge_and_unload(model).save_pretrained(tmp_path / "full")  # the way out that transformers loads
+    exported = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "full").eval()
+    np.testing.assert_allclose(torch_logits(exported, ids, mask), adapted, atol=ATOL)

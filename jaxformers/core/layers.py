@@ -7,10 +7,12 @@ Numerics follow PyTorch/HF: LayerNorm and RMSNorm compute in float32 and cast ba
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxformers.core.quant import QuantSpec, dequantize_rows, matmul as quantized_matmul
@@ -217,6 +219,18 @@ class Stacked(nnx.Module):
         graphdef, state = nnx.split(self.block)
         return nnx.merge(graphdef, jax.tree.map(lambda v: _layer_slice(v, i), state, is_leaf=_is_var))
 
+    def all_layers(self) -> list[nnx.Module]:
+        """Every layer as an ordinary module, from one `split` of each stacked array (unrolled execution).
+
+        Same values as `[layer(i) for i in range(n)]`, but differentiated as one op: the gradient of a `split` is
+        one `concatenate`, while the gradient of `n` separate slices is `n` zero-padded full-size arrays summed
+        (XLA:CPU does not fold them), which cost a BERT-base training step ~40% of its time.
+        """
+        graphdef, state = nnx.split(self.block)
+        parts = jax.tree.map(lambda v: _layer_parts(v, self.n), state, is_leaf=_is_var)
+        return [nnx.merge(graphdef, jax.tree.map(lambda p, i=i: p[i], parts, is_leaf=lambda x: isinstance(x, list)))
+                for i in range(self.n)]
+
     def scan(self, fn: Callable, carry, xs=None, *, remat: bool = False):
         """`fn(layer, carry, x) -> (carry, y)` over the layers, with per-layer `xs` (e.g. a KV cache slice)."""
         graphdef, state = nnx.split(self.block)
@@ -229,13 +243,25 @@ class Stacked(nnx.Module):
             body = jax.checkpoint(body)
         return jax.lax.scan(body, carry, (state, xs))
 
-    def unstacked(self) -> Unstacked:
-        """The same layers as separate modules with their own arrays (a copy of each layer's slice)."""
-        return Unstacked([self.layer(i) for i in range(self.n)])
-
 
 def _is_var(x) -> bool:
     return isinstance(x, nnx.Variable)
+
+
+def _layer_parts(v, n: int) -> list:
+    """The `n` layers of a stacked Variable (or array) from one split, each without the leading `layers` axis."""
+    value = v[...] if isinstance(v, nnx.Variable) else v
+    parts = [jnp.squeeze(p, 0) for p in jnp.split(value, n, axis=0)]
+    if not isinstance(v, nnx.Variable):
+        return parts
+    axes = v.get_metadata().get("axes")
+    out = []
+    for p in parts:
+        var = v.replace(value=p)
+        if axes and axes[0] == "layers":
+            var.set_metadata(axes=tuple(axes[1:]))
+        out.append(var)
+    return out
 
 
 def _layer_slice(v, i: int):
@@ -252,8 +278,8 @@ def _layer_slice(v, i: int):
 class Unstacked(nnx.Module):
     """Layers held as separate modules (per-layer arrays): the layout decoding loops run fastest on.
 
-    Offers `Stacked`'s unrolled interface (`n`, `layer(i)`); it cannot `scan`. Built by `Stacked.unstacked()` or
-    `unstack_layers(model)`; parameters keep their logical axis names without the `layers` axis.
+    Offers `Stacked`'s unrolled interface (`n`, `layer(i)`); it cannot `scan`. Built by `unstack_layers(model)` or
+    `decode_layout(model)`; parameters keep their logical axis names without the `layers` axis.
     """
 
     def __init__(self, layers: list[nnx.Module]):
@@ -263,43 +289,209 @@ class Unstacked(nnx.Module):
     def layer(self, i: int) -> nnx.Module:
         return self.blocks[i]
 
+    def all_layers(self) -> list[nnx.Module]:
+        return list(self.blocks)
+
     def scan(self, *args, **kwargs):
         raise TypeError("Unstacked layers cannot be scanned; run the model with scan_layers=False")
 
 
+def _kernel_perm(module: nnx.Module, out_first: bool) -> tuple[int, ...] | None:
+    """The transpose taking a float `Dense` kernel (stacked or not) to `out_first` order; None when it has that
+    order already, is quantized (`core.quant.matmul` reads `[in, out]` codes as fast) or is not a `Dense`."""
+    if not isinstance(module, Dense) or module.quant is not None or module.out_first == out_first:
+        return None
+    n_in, n_out = len(module.in_shape), len(module.out_shape)
+    first, second = (n_out, n_in) if module.out_first else (n_in, n_out)
+    lead = module.kernel.ndim - n_in - n_out  # 1 inside a `Stacked` block
+    return tuple(range(lead)) + tuple(lead + i for i in (*range(first, first + second), *range(first)))
+
+
+def _with_value(var: nnx.Variable, value, perm: tuple[int, ...] | None = None, drop_layers: bool = False):
+    """`var` holding `value`, its axis names without the leading `layers` (`drop_layers`) and permuted by `perm`."""
+    axes = var.get_metadata().get("axes")
+    out = var.replace(value=value)
+    if axes:
+        axes = tuple(axes[1:]) if drop_layers and axes[0] == "layers" else tuple(axes)
+        out.set_metadata(axes=tuple(axes[i] for i in perm) if perm else axes)
+    return out
+
+
 def set_kernel_layout(model: nnx.Module, out_first: bool) -> nnx.Module:
-    """Store every `Dense` kernel of `model` as `[*out, *in]` (`out_first=True`) or `[*in, *out]`, in place.
+    """Store every `Dense` kernel of `model` as `[*out, *in]` (`out_first=True`) or `[*in, *out]`, in place, one
+    kernel at a time (the model releases each old kernel as soon as its transpose exists).
 
     Same numbers, different memory order: on XLA:CPU a one-row product (batch-1 decoding) streams `[out, in]` rows
     about 25% faster, while skinny multi-row products prefer `[in, out]` (scripts/bench_generate.py, BENCHMARKS.md).
-    Meant, like `unstack_layers`, for a decoding copy of the model; checkpoints always use `[*in, *out]`. Quantized
-    kernels keep their layout (`core.quant.matmul` reads `[in, out]` codes as fast).
+    Checkpoints always use `[*in, *out]`: generation reorders a model's kernels (`decode_layout`) and
+    `canonical_layout` orders them back. Quantized kernels keep their layout (`core.quant.matmul` reads `[in, out]`
+    codes as fast).
     """
     for _, module in list(nnx.iter_modules(model)):
-        if isinstance(module, Dense) and module.out_first != out_first and module.quant is None:
-            n_in, n_out = len(module.in_shape), len(module.out_shape)
-            first, second = (n_in, n_out) if not module.out_first else (n_out, n_in)
-            perm = tuple(range(first, first + second)) + tuple(range(first))
-            var = module.kernel
+        perm = _kernel_perm(module, out_first)
+        if perm is not None:
+            var = module.kernel  # changed in place: a reference to the Variable stays attached to the model
             axes = var.get_metadata().get("axes")
-            new = var.replace(value=jnp.transpose(var[...], perm))
+            var.set_value(jnp.transpose(var[...], perm))
             if axes:
-                new.set_metadata(axes=tuple(axes[i] for i in perm))
-            module.kernel = new
-            module.out_first = out_first
+                var.set_metadata(axes=tuple(axes[i] for i in perm))
+            _set_out_first(module, out_first)
+    return model
+
+
+def _set_out_first(module: Dense, out_first: bool) -> None:
+    """Set `module.out_first`; False as the class default (no instance attribute), so a layer reordered and back
+    has the graph (and so reuses the compiled programs) of one never reordered."""
+    if out_first:
+        module.out_first = True
+    elif "out_first" in vars(module):
+        del module.out_first
+
+
+def _host_views(x) -> bool:
+    """Whether `x`'s layer slices can be views of its buffer: a concrete array on one CPU device."""
+    if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer) or len(x.sharding.device_set) != 1:
+        return False
+    return next(iter(x.sharding.device_set)).platform == "cpu" and x.is_fully_addressable
+
+
+def _layer_values(x: jax.Array, n: int) -> tuple[list[jax.Array], bool]:
+    """The `n` layers of a stacked array, and whether they are views of its buffer.
+
+    On one CPU device they are: numpy's view of the buffer, sliced and handed back to the same device, is aliased
+    by XLA:CPU without a copy (the stacked buffer then lives as long as any of its slices). Elsewhere, copies."""
+    if _host_views(x):
+        host, device = np.asarray(x), next(iter(x.sharding.device_set))
+        return [jax.device_put(host[i], device) for i in range(n)], True
+    return [x[i] for i in range(n)], False
+
+
+def _unstack_in_place(parent: nnx.Module, name: str, out_first: bool | None, release: bool) -> Callable[[], None]:
+    """Replace `parent.<name>` (a `Stacked`) by an `Unstacked` of the same layers, one array at a time, its float
+    kernels ordered for `out_first` (None: as they are). Returns the function that puts a `Stacked` back (to be
+    called with every kernel in `[*in, *out]` order again).
+
+    Memory: the model holds each stacked array until its layers exist, then only the layers, so the peak is the
+    weights plus one stacked array. On one CPU device the layers of an array that is not reordered are views of it
+    (no copy at all), and the restore puts the stacked array back when its layers are still those views; other
+    arrays are stacked again, each per-layer array released once it has been copied.
+
+    release: drop the stacked arrays by emptying their Variables (refilled by the restore, so references to the
+    block's modules and Variables stay valid). Only for a layout that is surely restored (`generate` restores in a
+    `finally`): a Variable shared with another module (`nnx.merge` of the model's state shares them) reads empty
+    meanwhile. Without it nothing of the original block is modified; its arrays stay alive while it is held."""
+    stacked = getattr(parent, name)
+    n = stacked.n
+    perms = {}
+    if out_first is not None:
+        for path, module in nnx.iter_modules(stacked.block):
+            perm = _kernel_perm(module, out_first)
+            if perm is not None:  # per layer: without the leading layers axis
+                perms[(*path, "kernel")] = tuple(i - 1 for i in perm[1:])
+    graphdef, state = nnx.split(stacked.block)
+    flat = list(nnx.to_flat_state(state))  # the block's own Variable objects
+    del state
+    delattr(parent, name)  # `stacked` and its block stay, detached: the restore puts them back as they were
+    per_layer: list[list] = [[] for _ in range(n)]
+    kept = []  # per array: its path, a template Variable, and (weakly) the stacked array and its views if reusable
+    for k in range(len(flat)):
+        path, var = flat[k]
+        flat[k] = None
+        value = var.get_value()
+        if release:  # the block's reference to the stacked array, dropped (its Variable is refilled on restore)
+            var.set_value(np.zeros((), var.dtype))
+        parts, views = _layer_values(value, n)
+        perm = perms.get(path)
+        if perm is not None:
+            parts = [jnp.transpose(p, perm) for p in parts]
+        for i in range(n):
+            per_layer[i].append((path, _with_value(var, parts[i], perm, drop_layers=True)))
+        reuse = views and perm is None
+        sharding = None if isinstance(value, jax.core.Tracer) else value.sharding  # (laid out inside a trace)
+        kept.append((path, var, sharding,
+                     (weakref.ref(value), tuple(map(weakref.ref, parts))) if reuse else None))  # fmt: skip
+        del var, value, parts
+    layers = [nnx.merge(graphdef, nnx.from_flat_state(items)) for items in per_layer]
+    del per_layer
+    for layer in layers:
+        for path, module in nnx.iter_modules(layer):
+            if (*path, "kernel") in perms:
+                _set_out_first(module, out_first)
+    setattr(parent, name, Unstacked(layers))
+    del layers
+
+    def restore() -> None:
+        unstacked = getattr(parent, name)
+        flats = [dict(nnx.to_flat_state(nnx.state(layer))) for layer in unstacked.blocks]
+        delattr(parent, name)
+        del unstacked
+        for path, var, sharding, reusable in kept:
+            current = [f[path] for f in flats]
+            value = None if reusable is None else reusable[0]()  # alive while any of its views is
+            if value is None or any(v.get_value() is not r() for v, r in zip(current, reusable[1])):
+                # stack again, releasing each per-layer array once it has been copied
+                parts = []
+                for v in current:
+                    parts.append(v.get_value())
+                    v.set_value(np.zeros((), v.dtype))
+                value = jnp.stack(parts) if sharding is None else jax.device_put(jnp.stack(parts), sharding)
+                del parts
+            var.set_value(value)  # the original Variable objects: references users hold stay attached
+            del current, value
+        flats.clear()
+        setattr(parent, name, stacked)
+
+    return restore
+
+
+# model -> the functions (last first) that restore its original layout, for models `decode_layout` laid out
+_LAID_OUT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def decode_layout(model: nnx.Module, *, out_first: bool | None, release: bool = False) -> nnx.Module:
+    """Lay `model` out for a decode loop, in place, and return it: every `Stacked` becomes `Unstacked` (per-layer
+    arrays, run unrolled: `scan` flags off) and, unless `out_first` is None, every float `Dense` kernel is stored
+    `[*out, *in]` (`out_first=True`) or `[*in, *out]`. The layout stays until `canonical_layout(model)`; calling
+    again only reorders kernels as `out_first` asks. `release`: empty the stacked arrays' Variables instead of
+    leaving them holding the arrays (see `_unstack_in_place`; only when a restore is certain).
+
+    Why: on XLA:CPU a decode step over per-layer arrays runs at twice the speed of one over scanned `[L, ...]`
+    arrays, and one-row products read `[out, in]` kernels faster (BENCHMARKS.md). Why in place: the model keeps one
+    copy of its weights (each stacked array is released as soon as its layers exist; on one CPU device the layers
+    of an array that keeps its order are views of it, no copy). The laid-out model computes the same numbers, but
+    its parameter tree differs (`.../blocks/<i>/...` paths, transposed kernels): `canonical_layout` restores it for
+    whatever reads parameters by path (saving, training, adapters). Arrays held outside the model (an earlier
+    `nnx.split`) are never modified: they stay alive, so their memory is not freed.
+    """
+    if model not in _LAID_OUT:
+        # parents only: a list holding the `Stacked` modules would keep their arrays alive while they are replaced
+        targets = [(m, k) for _, m in nnx.iter_modules(model) for k, v in vars(m).items() if isinstance(v, Stacked)]
+        scanned = [m for _, m in nnx.iter_modules(model) if getattr(m, "scan", None) is True]
+        undo = [_unstack_in_place(parent, name, out_first, release) for parent, name in targets]
+        for module in scanned:
+            module.scan = False
+            undo.append(lambda m=module: setattr(m, "scan", True))
+        _LAID_OUT[model] = undo  # (holds submodules, never `model` itself: the entry goes when the model does)
+    if out_first is not None:  # kernels outside any stack (an untied LM head), or all of them on a later call
+        set_kernel_layout(model, out_first)
+    return model
+
+
+def canonical_layout(model: nnx.Module) -> nnx.Module:
+    """Undo `decode_layout(model)` in place (a no-op for a model it did not lay out), and return `model`: stacked
+    `[L, ...]` arrays, scanned layers as built, `[*in, *out]` kernels, the parameter paths of a loaded checkpoint.
+
+    One array at a time, as `decode_layout`: the peak is the weights plus one stacked array, and on one CPU device
+    arrays whose layers were views of a stacked array (and were not replaced since) get that array back, no copy."""
+    undo = _LAID_OUT.pop(model, None)
+    if undo is not None:
+        set_kernel_layout(model, out_first=False)  # checkpoint order, one kernel at a time
+        while undo:
+            undo.pop()()
     return model
 
 
 def unstack_layers(model: nnx.Module) -> nnx.Module:
-    """`model` with every `Stacked` replaced by `Unstacked` and unrolled execution (`scan = False`), in place.
-
-    Meant for a fresh copy (e.g. `nnx.merge(graphdef, state)` inside a jitted decoding function): slicing the stacked
-    arrays once before a loop lets each step read per-layer arrays instead of slicing a stacked one per step.
-    """
-    for _, module in list(nnx.iter_modules(model)):
-        for name, value in list(vars(module).items()):
-            if isinstance(value, Stacked):
-                setattr(module, name, value.unstacked())
-        if hasattr(module, "scan") and isinstance(getattr(module, "scan"), bool):
-            module.scan = False
-    return model
+    """`model` with every `Stacked` replaced by `Unstacked` and unrolled execution (`scan = False`), in place, one
+    array at a time: `decode_layout` without reordering kernels (`canonical_layout` undoes it)."""
+    return decode_layout(model, out_first=None)

@@ -79,7 +79,12 @@ class PreTrainedModel(nnx.Module):
         return load(name_or_path, model_class=cls, **kwargs)
 
     def save_pretrained(self, directory) -> None:
-        """Write `config.json` + `model.safetensors` in HF layout (transformers loads it)."""
+        """Write `config.json` + `model.safetensors` in HF layout (transformers loads it).
+
+        A model carrying LoRA adapters is refused (ValueError, nothing written): a transformers checkpoint holds the
+        base weights only, so the adapters would be silently lost. `jf.lora.save_adapter(model, directory)` writes
+        PEFT's adapter files (what PEFT's `PeftModel.save_pretrained` writes); `jf.lora.merge_and_unload(model)`
+        folds the adapters into the weights, after which this method saves the merged model."""
         from jaxformers.loading import save_pretrained
 
         save_pretrained(self, directory)

@@ -60,10 +60,11 @@ def run_layers(
             cache = cache.replace(k=kv[0], v=kv[1])
         return x, tuple(hs[i] for i in range(hs.shape[0])), cache
     hs, ks, vs = [], [], []
+    blocks = layers.all_layers()
     for i in range(layers.n):
         kv = None if cache is None else (cache.k[i], cache.v[i])
         more = {} if xs is None else {"xs": jax.tree.map(lambda a, i=i: a[i], xs)}
-        x, kv = call(layers.layer(i), x, kv, windows[i], None if keys is None else keys[i], **more)
+        x, kv = call(blocks[i], x, kv, windows[i], None if keys is None else keys[i], **more)
         if cache is not None:
             ks.append(kv[0])
             vs.append(kv[1])

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxformers.core import preflight
+from jaxformers.core import layers, preflight
 from jaxformers.core.attention import attention_plan
 from jaxformers.generation import decode
 from jaxformers.generation.config import GenerationConfig, resolve
@@ -89,8 +89,10 @@ def generate(
         object with `put` / `end` (`jf.TextStreamer(tok)`, transformers' streamers): `put` gets the prompt, then
         each chunk, and `end()` is called at the end (`generation.streamers`).
       chunk_steps: decode steps per streamed chunk, an int >= 1.
-      unroll_layers: run the decode loop over per-layer weights and cache (faster decode steps; the weights are
-        sliced once per call). False keeps the model's layout (scanned layers: less memory, faster compile).
+      unroll_layers: run prefill and decode loop over per-layer weights and cache (faster decode steps). For the
+        call, the model itself is laid out so, in place (`core.layers.decode_layout`: one copy of the weights; no
+        copy at all on one CPU device except for kernels reordered for one-row products), and put back as loaded
+        when the call ends. False runs the model's scanned layout.
       **kwargs: any `GenerationConfig` field, with HF's names and meaning: `max_new_tokens`, `max_length`,
         `min_new_tokens`, `do_sample`, `temperature`, `top_k`, `top_p`, `min_p`, `repetition_penalty`,
         `no_repeat_ngram_size`, `num_beams`, `length_penalty`, `early_stopping`, `num_return_sequences`,
@@ -206,11 +208,10 @@ def _generate(model, input_ids, attention_mask, generation_config, key, chunk_st
     cfg.check_token_ids(vocab, rows)
     # shape buckets: extra rows of padding, extra padding columns on the left (never part of HF's input_ids)
     bb = next((x for x in BATCH_BUCKETS if x >= rows), rows)
-    graphdef, state = nnx.split(model)
     src_b = src_mask_b = None
     if seq2seq:
         src_b, src_mask_b = _source_bucket(model, facts, src, src_mask, bb, decode.pad_id(cfg))
-    _check_memory(model, state, facts, bb, nb, tb, cache_len, src_b)
+    _check_memory(model, facts, bb, nb, tb, cache_len, src_b)
     start = tb - t
     # bucket padding and the filler rows' one token are masked and never returned, but the prefill embeds them: an
     # id outside the vocabulary (a pad_token_id HF never feeds to the model) would give NaN there
@@ -233,26 +234,33 @@ def _generate(model, input_ids, attention_mask, generation_config, key, chunk_st
     args = (jnp.asarray(ids_b), jnp.asarray(mask_b), jnp.asarray(pad_len), jnp.asarray(real), start, key, max_new)
     if seq2seq:
         args += (jnp.asarray(src_b), jnp.asarray(src_mask_b))
-    # the loop runs on the decoding layout (per-layer arrays), made once and reused while the weights are unchanged
-    dgraph, dstate = decode.decode_model(graphdef, state, rows=bb * nb, unroll=unroll)
-    loop = _compile_loop_early(start_fn, (graphdef, state, *args), common, run_fn, (dgraph, dstate), static)
-    st = start_fn(graphdef, state, *args, **common)
-    if loop is not None:
-        loop.result()  # re-raises a failure of the background compile here, with its traceback
-    if not streaming:
-        st = _ready(run_fn(dgraph, dstate, st, max_new, cfg=static), cache_len)
-    else:
-        done = 0
-        while True:
-            st = _ready(run_fn(dgraph, dstate, st, done + chunk_steps, cfg=static), cache_len)
-            step = int(st.step)
-            new = np.asarray(st.hist.ids[:rows, tb + done : tb + step])
-            done = step
-            if new.shape[1]:
-                yield new
-            if step >= max_new or bool(jnp.all(st.finished)):  # the loop's own test (filler rows start finished)
-                break
-    yield _Final(_result(st, rows, start, tb, nb, cfg))
+    # prefill and loop run on the decoding layout (per-layer arrays), which the model takes in place for the call
+    # (one copy of the weights) and gives back at the end, even on an error or an abandoned stream: outside a call,
+    # the model always has the checkpoint's parameter tree (saving, training and adapters read it by path)
+    decode.decode_layout(model, rows=bb * nb, unroll=unroll)
+    try:
+        graphdef, state = nnx.split(model)
+        loop = _compile_loop_early(start_fn, (graphdef, state, *args), common, run_fn, (graphdef, state), static)
+        st = start_fn(graphdef, state, *args, **common)
+        if loop is not None:
+            loop.result()  # re-raises a failure of the background compile here, with its traceback
+        if not streaming:
+            st = _ready(run_fn(graphdef, state, st, max_new, cfg=static), cache_len)
+        else:
+            done = 0
+            while True:
+                st = _ready(run_fn(graphdef, state, st, done + chunk_steps, cfg=static), cache_len)
+                step = int(st.step)
+                new = np.asarray(st.hist.ids[:rows, tb + done : tb + step])
+                done = step
+                if new.shape[1]:
+                    yield new
+                if step >= max_new or bool(jnp.all(st.finished)):  # the loop's own test (filler rows start finished)
+                    break
+        yield _Final(_result(st, rows, start, tb, nb, cfg))
+    finally:
+        graphdef = state = None  # the loop's references to the per-layer arrays go before the layout is undone
+        layers.canonical_layout(model)
 
 
 _COMPILER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxformers-compile")
@@ -509,14 +517,14 @@ def _check_context(model, facts: _ModelFacts, prompt_len: int, max_new: int) -> 
         log.warning("%s; outputs past the context are not meaningful", msg)
 
 
-def _check_memory(model, state, facts: _ModelFacts, bb: int, nb: int, tb: int, cache_len: int, src=None) -> None:
+def _check_memory(model, facts: _ModelFacts, bb: int, nb: int, tb: int, cache_len: int, src=None) -> None:
     """Refuse, before compiling, a run whose KV cache or prefill attention cannot fit in the memory available.
 
     Otherwise XLA fails at run time (a `JaxRuntimeError` about a dispatch failure and an allocation of some bytes),
     after the compilations. Estimates: the cache at its bucketed size (`bb * nb` rows; beam search also holds the
     prefill's `bb`-row cache while it replicates it), the token history, and the prefill's attention intermediates
     (`preflight.estimate_attention_bytes` for the implementation that runs), one layer at a time. Model weights
-    are already allocated, so they are not counted (nor is the decode layout's copy of the layer weights)."""
+    are already allocated, so they are not counted (the decode layout is made in place: no second copy)."""
     if src is None:
         leaves = jax.tree.leaves(jax.eval_shape(lambda: model.init_cache(bb * nb, cache_len)))
     else:  # seq2seq: the cache also holds every decoder layer's cross-attention K/V over the source
@@ -532,7 +540,7 @@ def _check_memory(model, state, facts: _ModelFacts, bb: int, nb: int, tb: int, c
         cache_bytes += cache_bytes // nb
     hist_bytes = 4 * bb * nb * cache_len * (1 if nb == 1 else 4)  # beams: running, finished and candidate buffers
     attn = _prefill_attention(facts, max(leaves, key=lambda x: x.ndim), bb, tb, cache_len)
-    devices = {d for x in jax.tree.leaves(state) for d in x.sharding.device_set}
+    devices = {d for x in jax.tree.leaves(nnx.state(model)) for d in x.sharding.device_set}
     device = min(devices, key=lambda d: d.id)
     available = preflight.available_memory_bytes(device)
     if available is None:  # the backend does not say: nothing to compare with

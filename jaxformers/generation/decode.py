@@ -10,21 +10,19 @@ Token history lives in a `[B, L]` buffer (`History`): `start` columns of bucket 
 (the caller's left-padded prompt followed by generated tokens). Both searches reproduce transformers 5.x exactly
 (the beam search follows `GenerationMixin._beam_search`, whose vectorised bookkeeping this mirrors step by step).
 
-Layers: the loop runs the model on per-layer arrays and a per-layer cache (`decode_model`): on XLA:CPU a decode
-step over scanned, stacked `[L, ...]` weights is much slower (see BENCHMARKS.md). The prefill keeps the model's own
-layout (scanned layers compile fast).
+Layers: prefill and loop run the model on per-layer arrays and a per-layer cache (`decode_layout`, which lays the
+model itself out so, in place: one copy of the weights): on XLA:CPU a decode step over scanned, stacked `[L, ...]`
+weights is much slower (see BENCHMARKS.md).
 """
 
 from __future__ import annotations
-
-import weakref
 
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from jaxformers.core import layers
 from jaxformers.core.cache import KVCache
-from jaxformers.core.layers import set_kernel_layout, unstack_layers
 from jaxformers.generation import processors as proc
 from jaxformers.generation.config import GenerationConfig
 from jaxformers.generation.history import History
@@ -81,33 +79,18 @@ def beam_fill_id(cfg: GenerationConfig) -> int:
 OUT_FIRST_MAX_ROWS = 1
 
 
-def decode_model(graphdef, state, *, rows: int, unroll: bool):
-    """`(graphdef, state)` of the model the decode loop runs: per-layer arrays when `unroll`, and kernels laid out
-    for `rows`-row products.
+def decode_layout(model, *, rows: int, unroll: bool) -> None:
+    """Lay `model` out, in place, for a generation over `rows` rows: per-layer arrays when `unroll`, with kernels
+    ordered for `rows`-row products (`core.layers.decode_layout`); else the model's own scanned layout
+    (`core.layers.canonical_layout`, a no-op unless an earlier call laid it out).
 
-    The new layout is materialised outside the loop's program (inside it, XLA would fold the slices and transposes
-    back into the original arrays), op by op rather than as one jitted program: XLA:CPU took 2-4 s to compile that
-    program (hundreds of slice/transpose outputs) against ~1 s for the handful of distinct per-shape ops, and arrays
-    that keep their layout (embeddings, final norm) are shared instead of copied. The most recent layout is kept,
-    keyed by weak references to the source arrays, so repeated `generate` calls on an unchanged model pay for it
-    once; it costs one extra copy of the layer weights (`unroll_layers=False` avoids both)."""
-    if not unroll:
-        return graphdef, state
-    leaves = jax.tree.leaves(state)
-    key = (graphdef, rows <= OUT_FIRST_MAX_ROWS)
-    hit = _LAYOUT_CACHE.get(key)
-    if hit is not None and len(hit[0]) == len(leaves) and all(r() is x for r, x in zip(hit[0], leaves)):
-        return hit[1], hit[2]
-    _LAYOUT_CACHE.clear()  # one entry: never hold a second copy of more than one model
-    model = unstack_layers(nnx.merge(graphdef, state))  # eager: each slice / transpose is its own small program
-    if key[1]:
-        set_kernel_layout(model, out_first=True)
-    dgraph, dstate = nnx.split(model)
-    _LAYOUT_CACHE[key] = ([weakref.ref(x) for x in leaves], dgraph, dstate)
-    return dgraph, dstate
-
-
-_LAYOUT_CACHE: dict = {}
+    In place rather than a copy, so generating holds one copy of the weights (`release=True`: the stacked arrays'
+    Variables are emptied meanwhile); `generate` puts the checkpoint's layout back (`canonical_layout`) in a
+    `finally`, onto the same Variable objects."""
+    if unroll:
+        layers.decode_layout(model, out_first=rows <= OUT_FIRST_MAX_ROWS, release=True)  # restored by the caller
+    else:
+        layers.canonical_layout(model)
 
 
 def _forward(model, ids, cache):
@@ -129,12 +112,11 @@ def _prefill(graphdef, state, ids, mask, cache_len: int, unroll: bool, src=None,
     if src is not None:
         enc = model.encode(src, src_mask).last_hidden_state
         cache = model.init_cache(ids.shape[0], cache_len, enc, src_mask)
-        out = model.decode(ids, mask, cache=cache, logits_to_keep=1)
     else:
         cache = model.init_cache(ids.shape[0], cache_len)
-        out = model(ids, mask, cache=cache, logits_to_keep=1)
-    cache = out.cache.unstacked() if unroll else out.cache
-    return out.logits[:, -1].astype(jnp.float32), cache
+    cache = cache.unstacked() if unroll else cache  # per-layer, as the layers
+    out = (model.decode if src is not None else model)(ids, mask, cache=cache, logits_to_keep=1)
+    return out.logits[:, -1].astype(jnp.float32), out.cache
 
 
 def _history(ids, start: int, pad_len, cfg: GenerationConfig, buf_len: int) -> History:
@@ -178,7 +160,7 @@ def greedy_start(graphdef, state, ids, mask, pad_len, real, start, key, max_new,
 def greedy_run(graphdef, state, st: _GreedyState, stop, *, cfg: GenerationConfig) -> _GreedyState:
     """Decode until `stop` tokens were generated, every row has finished, or `max_new` is reached.
 
-    `(graphdef, state)` is the decoding model (`decode_model`)."""
+    `(graphdef, state)` is the model in its decoding layout (`decode_layout`)."""
     model = nnx.merge(graphdef, state)
     process = proc.logits_processor(cfg, vocab_size=st.logits.shape[-1])
     warp = proc.logits_warper(cfg) if cfg.do_sample else None

@@ -7,7 +7,7 @@
     trainer = jf.Trainer(model, args, train_dataset="train.csv", eval_dataset="dev.csv", tokenizer=tok)
     trainer.train()                    # trainer.train(resume_from_checkpoint=True) continues a killed run exactly
     trainer.evaluate()                 # {"eval_loss": ..., "eval_accuracy": ..., "eval_f1": ..., ...}
-    trainer.save_model("out/final")    # HF layout: transformers and jf.task load it
+    trainer.save_model("out/final")    # HF layout: transformers and jf.task load it (LoRA: PEFT's adapter files)
 
 Datasets are `training.data.Features` (from `tokenize_dataset`), or anything `tokenize_dataset` reads (a .jsonl /
 .csv / .txt path, a list of dicts, a `datasets.Dataset`), tokenized here with `tokenizer` for the model's task
@@ -634,13 +634,22 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ saving
     def save_model(self, output_dir: str | None = None) -> None:
         """The trained model in HF layout (config.json + model.safetensors) and the tokenizer's files, so
-        transformers' `from_pretrained`, `jf.AutoModel...from_pretrained` and `jf.task` load the folder."""
+        transformers' `from_pretrained`, `jf.AutoModel...from_pretrained` and `jf.task` load the folder.
+
+        A model with LoRA adapters saves the adapter only, in PEFT's format (adapter_config.json +
+        adapter_model.safetensors, as transformers' Trainer does for a PEFT model): `jf.lora.load_adapter` into the
+        base model, or PEFT's `PeftModel.from_pretrained`, loads it."""
+        from jaxformers import lora
+
         output_dir = self.args.output_dir if output_dir is None else os.fspath(output_dir)
         if self.state is not None:
             update_model(self.model, self.state)
         if jax.process_index() != 0:
             return
-        self.model.save_pretrained(output_dir)
+        if lora.lora_modules(self.model):
+            lora.save_adapter(self.model, output_dir)
+        else:
+            self.model.save_pretrained(output_dir)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(output_dir)
 

@@ -1,6 +1,8 @@
 """Models compile for real TPU topologies from shapes alone: forward, the generation loop and a training step, for
 v5e-1 (Colab), v5e-8 (2x4) and v5p-8 under the sharding presets that divide them, and over 2 slices (the data axis
-across the data-center network). Tiny configs sized so that 4-way tensor parallelism divides heads and MLP."""
+across the data-center network). Tiny configs sized so that 4-way tensor parallelism divides heads and MLP.
+Encoder-decoders generate as `jf.generate` runs them: the encoder once, then the decoder loop on the cached
+cross-attention K/V."""
 
 from __future__ import annotations
 
@@ -33,13 +35,23 @@ ENCODERS = {
     "modernbert": {"model_type": "modernbert", **_ENC, "global_attn_every_n_layers": 2, "local_attention": 64,
                    "pad_token_id": 0},
 }
+_S2S = {"vocab_size": 512, "d_model": 256, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 8,
+        "decoder_attention_heads": 8, "encoder_ffn_dim": 512, "decoder_ffn_dim": 512,
+        "max_position_embeddings": 512}  # fmt: skip
+SEQ2SEQ = {
+    "t5": {"model_type": "t5", "vocab_size": 512, "d_model": 256, "d_kv": 32, "d_ff": 512, "num_layers": 2,
+           "num_heads": 8, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False},
+    "bart": {"model_type": "bart", **_S2S},
+    "mbart": {"model_type": "mbart", **_S2S},
+    "marian": {"model_type": "marian", **_S2S, "pad_token_id": 511, "decoder_start_token_id": 511, "eos_token_id": 0},
+}
 TOPOLOGIES = {"v5e-1": ("replicated",), "v5e-8": ("fsdp_tp", "fsdp", "tp", "dp"), "v5p-8": ("fsdp", "fsdp_tp")}
 BATCH, SEQ = 8, 128
 
 
 def _compile(task, config, topology, preset, num_slices=1):
     mesh = aot.topology_mesh(topology, preset)
-    head = "causal-lm" if task == "generate" else None
+    head = aot.generation_task(config) if task == "generate" else None
     model = aot.abstract_model(config, task=head, options=Options(dtype="bfloat16"), mesh=mesh, rules=preset)
     if task == "train":
         compiled = aot.compile_train_step(model, mesh, preset, batch=BATCH, seq=SEQ)
@@ -65,6 +77,9 @@ def _grid():
             for name, cfg in DECODERS.items():
                 for task in ("forward", "generate", "train"):
                     yield pytest.param(task, cfg, topo, preset, id=f"{topo}-{preset}-{name}-{task}")
+            for name, cfg in SEQ2SEQ.items():
+                for task in ("forward", "generate", "train"):
+                    yield pytest.param(task, cfg, topo, preset, id=f"{topo}-{preset}-{name}-{task}")
             for name, cfg in ENCODERS.items():
                 for task in ("forward", "train"):
                     yield pytest.param(task, cfg, topo, preset, id=f"{topo}-{preset}-{name}-{task}")
@@ -77,6 +92,17 @@ def test_llama_compiles_for_v5e_8_fsdp_tp(tpu, task):
 
 def test_bert_training_compiles_for_v5p_8_fsdp(tpu):
     _compile("train", ENCODERS["bert"], tpu("v5p-8"), "fsdp")
+
+
+def test_t5_generation_compiles_for_v5e_8_fsdp_tp(tpu):
+    """The seq2seq loop: encoder once, cross-attention K/V into the cache, decoder steps from the start token."""
+    compiled = _compile("generate", SEQ2SEQ["t5"], tpu("v5e-8"), "fsdp_tp")
+    ids = compiled.out_info  # the generated ids buffer: the start token then max_new_tokens
+    assert ids.shape == (BATCH, 1 + 16), ids
+
+
+def test_bart_training_compiles_for_v5p_8_fsdp(tpu):
+    _compile("train", SEQ2SEQ["bart"], tpu("v5p-8"), "fsdp")
 
 
 def test_training_over_two_slices(tpu):

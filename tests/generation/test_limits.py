@@ -46,9 +46,9 @@ def no_run(monkeypatch):
     """Fail (instead of compiling, allocating, or hanging) if generation gets past its up-front checks."""
 
     def reached(*args, **kwargs):
-        raise AssertionError("generate went past its size checks (it built the decode layout)")
+        raise AssertionError("generate went past its size checks (it laid the model out for decoding)")
 
-    monkeypatch.setattr(decode, "decode_model", reached)
+    monkeypatch.setattr(decode, "decode_layout", reached)
 
 
 def fixed_memory(monkeypatch, n: int | None):
