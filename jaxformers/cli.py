@@ -227,7 +227,11 @@ def main(argv: list[str] | None = None) -> None:
         args = run.parse_intermixed_args(argv[1:])
     else:
         args = ap.parse_args(argv)
-    status = args.func(args)
+    try:
+        status = args.func(args)
+    except aot.LibtpuNotFoundError as e:  # no TPU compiler here: say how to install it, without a traceback
+        print(f"jaxformers {args.command}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     if isinstance(status, int) and status:
         raise SystemExit(status)
 

@@ -97,3 +97,30 @@ def test_bench_train_smoke(tmp_path):
     assert r["eval_loss"]["jaxformers"] == pytest.approx(r["eval_loss"]["pytorch"], abs=1e-5)
     assert re.search(r"^  ratio \(pytorch fused AdamW time / jaxformers time\): \d+\.\d{3}$", stdout, re.M), stdout
     assert re.search(r"^  jaxformers compile time: \d+\.\d+ s", stdout, re.M), stdout  # its own line
+
+
+def test_finetune_lora_trains_adapters_only_and_saves_them_merged_and_in_peft_format(tmp_path):
+    """`--lora`: the optimizer state is a few percent of a full fine-tune's; `--out` holds the merged model (which
+    scores the reported accuracy) and the PEFT adapter, which loaded onto the base checkpoint gives the same logits."""
+    import jaxformers as jf
+    from jaxformers import lora
+
+    out, result = tmp_path / "model", tmp_path / "result.json"
+    run_script("finetune_sentiment.py", "--skip-torch", "--lora", "--n-train", "32", "--n-test", "20",
+               "--max-length", "24", "--batch-size", "16", "--eval-batch-size", "20", "--budget", "600",
+               "--out", str(out), "--json", str(result))  # fmt: skip
+    r = json.loads(result.read_text())["jaxformers"]
+    assert 0.0 < r["optimizer_state_fraction"] < 0.05 and r["steps"] == 2
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    script = load_script("finetune_sentiment.py")
+    _, _, texts, labels = script.load_sentences(32, 20)
+    tok = jf.AutoTokenizer.from_pretrained(out)
+    batch = tok(texts, padding="max_length", truncation=True, max_length=24)
+    merged = jf.AutoModelForSequenceClassification.from_pretrained(out)
+    want = np.asarray(merged(batch["input_ids"], batch["attention_mask"]).logits)
+    assert np.mean(want.argmax(-1) == labels) == pytest.approx(r["accuracy"], abs=1e-9)
+    base = jf.AutoModelForSequenceClassification.from_pretrained(script.model_path(), num_labels=2)
+    adapted = lora.load_adapter(base, out / "adapter")
+    got = np.asarray(adapted(batch["input_ids"], batch["attention_mask"]).logits)
+    np.testing.assert_allclose(got, want, atol=1e-4)
