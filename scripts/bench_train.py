@@ -3,6 +3,7 @@ in transformers/PyTorch, in the same run.
 
     python scripts/bench_train.py                         # BERT-base (random weights), batch 8 x 128, fp32
     python scripts/bench_train.py --scan-layers           # layers under lax.scan (jaxformers' default layout)
+    python scripts/bench_train.py --skip-torch --profile  # also: where jaxformers' step spends its time, by op kind
     python scripts/bench_train.py --layers 1 --hidden 32 --batch 2 --seq 8 --repeats 3 --json out.json  # smoke run
 
 Both frameworks run the same model (the bert-base-uncased config built locally, random weights, 2 labels) in
@@ -65,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-dropout", action="store_true", help="both: dropout off (rates 0), as in eval mode")
     ap.add_argument("--skip-torch", action="store_true", help="time jaxformers only (no ratio)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    ap.add_argument("--profile", action="store_true",
+                    help="after timing, trace 2 jaxformers steps (jax.profiler) and print time per XLA op kind")
     args = ap.parse_args(argv)
     args.heads = args.heads or max(1, args.hidden // 64)
     if args.hidden % args.heads:
@@ -204,9 +207,43 @@ def main(argv: list[str] | None = None):
         print(f"  ratio (pytorch AdamW time / jaxformers time): {result['ratio_default']:.3f}")
         print(f"  loss before training (dropout off): jaxformers {ours_eval:.6f}, pytorch {theirs_eval:.6f}")
     print(f"  jaxformers compile time: {compile_s:.2f} s (trace + lower + XLA compile; not in the timings above)")
+    if args.profile:
+        result["profile_ms_per_step"] = profile_ops(ours, steps=2)
+        print("  jaxformers step by XLA op kind (ms per step under the profiler; fusions named by kind):")
+        for kind, ms in list(result["profile_ms_per_step"].items())[:15]:
+            print(f"    {ms:9.1f}  {kind}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
+
+
+def profile_ops(step, steps: int) -> dict[str, float]:
+    """Run `step` `steps` times under `jax.profiler` and return milliseconds per step by XLA op kind (a fusion's
+    name without its number, e.g. `ynn_fusion` for the matrix products XLA:CPU hands to YNNPACK), largest first."""
+    import collections
+    import glob
+    import gzip
+    import os
+    import re
+
+    import jax
+
+    with tempfile.TemporaryDirectory() as tmp:
+        jax.profiler.start_trace(tmp, create_perfetto_trace=True)
+        for _ in range(steps):
+            step()
+        jax.profiler.stop_trace()
+        (trace,) = glob.glob(os.path.join(tmp, "**", "*.trace.json.gz"), recursive=True)
+        events = json.load(gzip.open(trace))
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    kinds = collections.Counter()
+    for e in events:
+        name = e.get("name", "")
+        # host-side frames ($...), the executor and thread-pool waits enclose the ops: not op time themselves
+        if e.get("ph") != "X" or "dur" not in e or name.startswith("$") or re.search(r"Thunk|wait|acquire|Slinky", name):
+            continue
+        kinds[re.sub(r"\.\d+$", "", name)] += e["dur"] / 1e3 / steps
+    return dict(kinds.most_common())
 
 
 if __name__ == "__main__":

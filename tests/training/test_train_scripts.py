@@ -99,6 +99,18 @@ def test_bench_train_smoke(tmp_path):
     assert re.search(r"^  jaxformers compile time: \d+\.\d+ s", stdout, re.M), stdout  # its own line
 
 
+def test_bench_train_profile(tmp_path):
+    """`--profile`: time per XLA op kind of the jaxformers step, with the matrix products among them."""
+    result = tmp_path / "bench.json"
+    stdout = run_script("bench_train.py", "--layers", "2", "--hidden", "32", "--batch", "2", "--seq", "8",
+                        "--repeats", "1", "--warmup", "0", "--skip-torch", "--profile", "--json", str(result))  # fmt: skip
+    kinds = json.loads(result.read_text())["profile_ms_per_step"]
+    assert kinds and all(ms >= 0 for ms in kinds.values())
+    assert any("fusion" in k or k == "dot" for k in kinds), kinds
+    assert not any(re.search(r"\.\d+$", k) for k in kinds), kinds  # grouped by kind, not per instance
+    assert "jaxformers step by XLA op kind" in stdout
+
+
 def test_finetune_lora_trains_adapters_only_and_saves_them_merged_and_in_peft_format(tmp_path):
     """`--lora`: the optimizer state is a few percent of a full fine-tune's; `--out` holds the merged model (which
     scores the reported accuracy) and the PEFT adapter, which loaded onto the base checkpoint gives the same logits."""
