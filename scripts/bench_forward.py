@@ -3,10 +3,16 @@
     python scripts/bench_forward.py               # BERT-base: 12 layers, hidden 768, batch 8 x 128, fp32
     python scripts/bench_forward.py --arch roberta        # also deberta-v2, modernbert (their base shapes)
     python scripts/bench_forward.py --batch 8 --seq 128 --repeats 20
+    python scripts/bench_forward.py --dtype bfloat16      # both sides in bfloat16 (AVX512-BF16 / AMX hosts)
+    python scripts/bench_forward.py --xla-defaults        # jaxformers without its per-program XLA:CPU choice
     python scripts/bench_forward.py --layers 1 --hidden 32 --batch 1 --seq 8 --repeats 5   # smoke run (tests)
 
 Prints per-forward time (median), throughput, the ratio PyTorch/jaxformers (>1 means jaxformers is faster), the
-achieved fp32 GFLOP/s of each, and jaxformers' compile time separately.
+achieved GFLOP/s of each, and jaxformers' compile time separately. jaxformers' forward is jitted with the compiler
+options it uses for its own encoder programs (`jaxformers.core.xla_cpu.gemm_options(batch x seq)`: oneDNN's GEMM for
+large batches on AVX-512 CPUs; the line "xla:cpu" says which); `--xla-defaults` compiles it with XLA's defaults.
+`--dtype bfloat16`: PyTorch's model converted with `.to(torch.bfloat16)`, jaxformers loaded with
+`Options(dtype="bfloat16", param_dtype="bfloat16")` (weights and activations in bf16, norms and softmax in fp32).
 """
 
 from __future__ import annotations
@@ -73,6 +79,8 @@ def main():
     ap.add_argument("--layers", type=int, default=None, help="layers (default: the architecture's base size)")
     ap.add_argument("--hidden", type=int, default=768, help="hidden size (intermediate = 4x, ModernBERT 1.5x)")
     ap.add_argument("--heads", type=int, default=None, help="attention heads (default: hidden / 64, at least 1)")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="both frameworks' dtype")
+    ap.add_argument("--xla-defaults", action="store_true", help="compile jaxformers' forward with XLA's defaults")
     args = ap.parse_args()
     heads = args.heads or max(1, args.hidden // 64)
     if args.hidden % heads:
@@ -84,6 +92,8 @@ def main():
     import transformers
 
     import jaxformers as jf
+    from jaxformers.core.options import Options
+    from jaxformers.core.xla_cpu import gemm_options
 
     config_name, model_name, base = ARCHS[args.arch]
     cfg = {"hidden_size": args.hidden, "num_attention_heads": heads, "intermediate_size": 4 * args.hidden,
@@ -103,10 +113,15 @@ def main():
             hf_cfg._attn_implementation = "sdpa"  # its fastest CPU path (flash attention needs a GPU)
         ref = getattr(transformers, model_name)(hf_cfg).eval()
         ref.save_pretrained(tmp)
-        model = jf.AutoModel.from_pretrained(tmp)
+        bf16 = args.dtype == "bfloat16"
+        model = jf.AutoModel.from_pretrained(tmp, options=Options(dtype="bfloat16", param_dtype="bfloat16")
+                                             if bf16 else Options())  # fmt: skip
+        if bf16:
+            ref = ref.to(torch.bfloat16)
 
     apply, params = jf.pure(model)
-    fwd = jax.jit(lambda p, i, m: apply(p, i, m).last_hidden_state)
+    compiler_options = {} if args.xla_defaults else gemm_options(args.batch * args.seq)
+    fwd = jax.jit(lambda p, i, m: apply(p, i, m).last_hidden_state, compiler_options=compiler_options or None)
     t0 = time.perf_counter()
     fwd.lower(params, ids, mask).compile()
     compile_s = time.perf_counter() - t0
@@ -127,13 +142,14 @@ def main():
         t_theirs += timeit(theirs, 5)
     a, b = statistics.median(t_ours), statistics.median(t_theirs)
     with torch.inference_mode():
-        want = ref(input_ids=tid, attention_mask=tmask).last_hidden_state.numpy()
-    diff = np.abs(np.asarray(fwd(params, ids, mask)) - want).max()
+        want = ref(input_ids=tid, attention_mask=tmask).last_hidden_state.float().numpy()
+    diff = np.abs(np.asarray(fwd(params, ids, mask), np.float32) - want).max()
     gf = flops({**cfg, "_glu": args.arch == "modernbert"}, args.batch, args.seq) / 1e9
     size = "base-sized" if (args.hidden, heads) == (768, 12) else f"hidden {args.hidden}, {heads} heads"
     layers = cfg["num_hidden_layers"]
-    print(f"{args.arch} {size} encoder forward, batch {args.batch} x {args.seq}, fp32, {layers} layers")
+    print(f"{args.arch} {size} encoder forward, batch {args.batch} x {args.seq}, {args.dtype}, {layers} layers")
     print(f"  cpu: {cpu_description()}")
+    print(f"  xla:cpu: {'oneDNN GEMM (' + str(compiler_options) + ')' if compiler_options else 'XLA defaults'}")
     print(f"  torch {torch.__version__} threads: {torch.get_num_threads()}, jax {jax.__version__} devices: {jax.devices()}")
     print(f"  {'impl':<14}{'median ms':>12}{'seq/s':>10}{'GFLOP/s':>10}")
     print(f"  {'jaxformers':<14}{a * 1e3:>12.1f}{args.batch / a:>10.1f}{gf / a:>10.1f}")

@@ -27,6 +27,8 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jaxformers.core import xla_cpu
+
 # Number of traces (= compilations) of each task's jitted core, keyed by task name: for tests and curious users.
 TRACES: collections.Counter = collections.Counter()
 
@@ -88,7 +90,7 @@ class Task:
         self.model, self.tokenizer, self.batch_size = model, tokenizer, int(batch_size)
         self.options = self.resolve_options(options, base=self.defaults)
         self.graphdef, self.state = nnx.split(model)
-        self._jitted = jax.jit(self._traced, static_argnums=(0, 1), static_argnames=("static",))
+        self._jits: dict[tuple, Callable] = {}  # XLA compiler options -> the jitted core (`_jit_for`)
 
     # ------------------------------------------------------------------------------------------ for subclasses
     @property
@@ -128,6 +130,17 @@ class Task:
         cfg = self.model.config
         return getattr(cfg, "max_tokens", None) or getattr(cfg, "max_position_embeddings", None)
 
+    def _jit_for(self, rows: int) -> Callable:
+        """The jitted core for batches of `rows` tokens (batch x length): compiled with oneDNN's GEMM where that is
+        faster (`core.xla_cpu.gemm_options`: large batches on AVX-512 CPUs), with XLA's defaults otherwise."""
+        options = xla_cpu.gemm_options(rows)
+        key = tuple(sorted(options.items()))
+        jitted = self._jits.get(key)
+        if jitted is None:
+            jitted = self._jits[key] = jax.jit(self._traced, static_argnums=(0, 1), static_argnames=("static",),
+                                               compiler_options=options or None)  # fmt: skip
+        return jitted
+
     def _traced(self, core, graphdef, state, batch, static=()):
         TRACES[self.name] += 1
         return core(nnx.merge(graphdef, state), batch, **dict(static))
@@ -160,7 +173,8 @@ class Task:
                 batch[field] = arr
             if "attention_mask" in batch:
                 batch["attention_mask"][len(rows) :, 0] = 1  # filler rows: one real token, never an all-masked row
-            out = jax.device_get(self._jitted(core, self.graphdef, self.state, batch, static=static_items))
+            jitted = self._jit_for(bb * tb)
+            out = jax.device_get(jitted(core, self.graphdef, self.state, batch, static=static_items))
             for r, i in enumerate(rows):
                 results[i] = {
                     k: (np.asarray(v[r, : lengths[i]]) if k in self.per_token else np.asarray(v[r]))

@@ -7,6 +7,7 @@ import pytest
 import transformers
 
 import jaxformers as jf
+from jaxformers.core import xla_cpu
 from jaxformers.tasks import TRACES
 
 LABELS = {0: "NEGATIVE", 1: "NEUTRAL", 2: "POSITIVE"}
@@ -77,6 +78,17 @@ def test_compiles_a_handful_of_times(pair):
     before = TRACES["text-classification"]
     ours(texts, batch_size=8)
     assert TRACES["text-classification"] - before <= 6
+
+
+def test_large_batches_through_onednn_match_transformers(pair, folder, monkeypatch):
+    """Batches of >= 512 tokens compile with oneDNN's GEMM (`core.xla_cpu`; forced here, whatever this host's ISA)
+    and still match the pipeline; smaller ones keep XLA's default program."""
+    ref, _ = pair
+    monkeypatch.setenv("JAXFORMERS_XLA_CPU_ONEDNN", "1")
+    ours = jf.task("sentiment-analysis", model=folder)
+    texts = [TEXTS[2]] * 8 + TEXTS[:2]  # a batch of 8 x 64 tokens (the model's limit), then one of 2 short texts
+    assert_same(ref(texts), ours(texts))
+    assert [dict(k) for k in ours._jits] == [xla_cpu.ONEDNN_GEMM, {}]
 
 
 def test_bad_inputs(pair, folder):
