@@ -6,16 +6,23 @@
                                                         # 64 new tokens (the issue's settings; --prompt/--new override)
     python scripts/bench_generate.py --quant int8 int4  # also jaxformers with quantized weights, same run
     python scripts/bench_generate.py --quant int8 --quant-head   # ... the LM head / tied embedding quantized too
+    python scripts/bench_generate.py --dtype bfloat16 --bandwidth --models gpt2 llama llama-1b   # on a GPU: bf16,
+                                                        # PyTorch on CUDA, and the memory bandwidth each step reaches
 
-Settings (both sides identical): fp32, random weights, a 32-token prompt, 128 new tokens, greedy, KV cache, and an
-EOS id that the run checks never occurred, so every run makes exactly 128 tokens. Prints tokens/s, the per-step
-decode time ((t(128 tokens) - t(1 token)) / 127), the ratio jaxformers/PyTorch (tokens/s), jaxformers' first-call
-time (tracing + compilation + one run) with the compile overhead (first call minus a warm call) in brackets, and
-how many generated tokens agree between the two. `--quant` adds rows for the same model loaded with
-`quantization="int8"` / `"int4"` (`jaxformers.core.quant`, default compute: dynamic int8 activations on CPU), with
-their speed against jaxformers' float32 ("vs fp32") and PyTorch ("ratio"), and the tokens agreeing with float32.
-`--scan-layout` also times the decode loop over scanned stacked weights, the layout the per-layer default is chosen
-against.
+Settings (both sides identical): fp32 (`--dtype bfloat16`: bf16 weights and compute on both sides), random weights,
+a 32-token prompt, 128 new tokens, greedy, KV cache, and an EOS id that the run checks never occurred, so every run
+makes exactly 128 tokens. Prints tokens/s, the per-step decode time ((t(128 tokens) - t(1 token)) / 127), the ratio
+jaxformers/PyTorch (tokens/s), jaxformers' first-call time (tracing + compilation + one run) with the compile overhead
+(first call minus a warm call) in brackets, and how many generated tokens agree between the two. `--quant` adds rows
+for the same model loaded with `quantization="int8"` / `"int4"` (`jaxformers.core.quant`, default compute: dynamic
+int8 activations on CPU, weight-only elsewhere), with their speed against jaxformers' unquantized model ("vs fp32" /
+"vs bf16") and PyTorch ("ratio"), and the tokens agreeing with the unquantized model. `--scan-layout` also times the
+decode loop over scanned stacked weights, the layout the per-layer default is chosen against. PyTorch runs on CUDA
+when jax's default backend is a GPU and torch sees one (`--torch-device` overrides).
+`--bandwidth` adds, per jaxformers row, the bytes one decode step must read (every weight but an untied input
+embedding table, plus the whole KV cache jaxformers allocates, which its attention reads every step) over the
+per-step time, and that as a fraction of the device's copy bandwidth measured in the same run (a jitted `x + 1`
+over a large array, counting bytes read and written).
 
     python scripts/bench_generate.py --memory             # peak memory while generating, each side in its own process
     python scripts/bench_generate.py --cold-vs-cached     # first generate call: empty vs warm compile cache
@@ -48,6 +55,11 @@ MODELS = {
                                                       num_attention_heads=12, num_key_value_heads=4,
                                                       intermediate_size=2048, max_position_embeddings=2048,
                                                       tie_word_embeddings=False)),  # fmt: skip
+    # TinyLlama-1.1B's shape (1.1B parameters): the ~1B model for accelerators
+    "llama-1b": ("LlamaConfig", "LlamaForCausalLM", dict(vocab_size=32000, hidden_size=2048, num_hidden_layers=22,
+                                                         num_attention_heads=32, num_key_value_heads=4,
+                                                         intermediate_size=5632, max_position_embeddings=2048,
+                                                         tie_word_embeddings=False)),  # fmt: skip
     # encoder-decoders: the prompt is the encoder's source, the output the decoder's tokens (start token first)
     "t5": ("T5Config", "T5ForConditionalGeneration", dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048,
                                                           num_layers=6, num_heads=8, feed_forward_proj="relu",
@@ -69,6 +81,40 @@ def median_time(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def copy_bandwidth() -> float:
+    """Bytes per second of a jitted `x + 1` over a large float32 array on jax's default device (read + write)."""
+    import jax
+    import jax.numpy as jnp
+
+    n = (1 << 29) if jax.default_backend() == "gpu" else (1 << 26)  # 2 GiB on a GPU, 256 MiB elsewhere
+    x = jnp.zeros((n,), jnp.float32) + 0.5
+    add = jax.jit(lambda x: x + 1)
+    add(x).block_until_ready()
+    seconds = median_time(lambda: add(x).block_until_ready(), 20)
+    return 2 * n * 4 / seconds
+
+
+def step_bytes(model, batch: int, cache_len: int) -> tuple[int, int]:
+    """What one decode step of `model` must read: (weight bytes, KV cache bytes at `cache_len` slots).
+
+    Every parameter counts except an untied token-embedding table (a step looks up `batch` rows of it)."""
+    import jax
+
+    import jaxformers as jf
+
+    params = jax.tree_util.tree_leaves_with_path(jf.pure(model)[1])
+    tied = bool(getattr(model.config, "tie_word_embeddings", True))
+    weights = 0
+    for path, leaf in params:
+        name = jax.tree_util.keystr(path)
+        if not tied and ("embed_tokens" in name or "wte" in name):
+            continue
+        weights += leaf.size * leaf.dtype.itemsize
+    kv = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(jax.eval_shape(
+        lambda: model.init_cache(batch, cache_len))))  # fmt: skip
+    return weights, kv
 
 
 def _rss_mb(field: str) -> float:
@@ -144,7 +190,7 @@ def memory_report(models: list[str], batches: list[int], prompt: int, new: int) 
 
     print(f"\npeak resident memory while generating (MB): prompt {prompt}, {new} new tokens, greedy, fp32; growth over "
           "the bare runtime")
-    print(f"{'model':<7}{'batch':>6}{'impl':>12}{'weights':>9}{'KV':>7}{'runtime':>9}{'loaded':>8}{'1st call':>10}"
+    print(f"{'model':<9}{'batch':>6}{'impl':>12}{'weights':>9}{'KV':>7}{'runtime':>9}{'loaded':>8}{'1st call':>10}"
           f"{'2nd call':>10}{'target':>8}")  # fmt: skip
     rows = []
     for name in models:
@@ -163,7 +209,7 @@ def memory_report(models: list[str], batches: list[int], prompt: int, new: int) 
                                                     check=True).stdout.strip().splitlines()[-1])  # fmt: skip
                     base = res["runtime"]
                     target = 1.15 * (res["weights"] + res["kv"])
-                    print(f"{name:<7}{b:>6}{framework:>12}{res['weights']:>9.0f}{res['kv']:>7.0f}{base:>9.0f}"
+                    print(f"{name:<9}{b:>6}{framework:>12}{res['weights']:>9.0f}{res['kv']:>7.0f}{base:>9.0f}"
                           f"{res['loaded'] - base:>8.0f}{res['first'] - base:>10.0f}{res['second'] - base:>10.0f}"
                           f"{target:>8.0f}")  # fmt: skip
                     rows.append({"model": name, "batch": b, "impl": framework, **res})
@@ -210,6 +256,12 @@ def main():
                     help="with --quant: quantize the LM head (untied) or the tied token embedding too")
     ap.add_argument("--memory", action="store_true",
                     help="also measure peak resident memory while generating, each framework in fresh processes")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="weights and compute on both sides (default float32)")
+    ap.add_argument("--torch-device", default="auto", choices=["auto", "cpu", "cuda"],
+                    help="where PyTorch runs: auto = CUDA when jax's default backend is a GPU and torch sees one")
+    ap.add_argument("--bandwidth", action="store_true",
+                    help="also print the bytes each decode step reads and the bandwidth reached (see above)")
     ap.add_argument("--cold-vs-cached", action="store_true",
                     help="only measure the first generate call with an empty vs a warm compilation cache")
     args = ap.parse_args()
@@ -226,12 +278,25 @@ def main():
     import jaxformers as jf
     from jaxformers.core.quant import QuantizationConfig
 
-    print(f"jax {jax.__version__} on {jax.devices()}, torch {torch.__version__} with {torch.get_num_threads()} threads")
+    from jaxformers.generation import MIN_PROMPT_BUCKET, new_tokens_bucket
+
+    device = args.torch_device
+    if device == "auto":
+        device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    torch_dtype = getattr(torch, args.dtype)
+    print(f"jax {jax.__version__} on {jax.devices()}, torch {torch.__version__} on {device} "
+          f"({torch.get_num_threads()} threads)")  # fmt: skip
     seq2seq_only = all(m in SEQ2SEQ for m in args.models)
     args.prompt = args.prompt or (64 if seq2seq_only else 32)
     args.new = args.new or (64 if seq2seq_only else 128)
-    print(f"prompt {args.prompt} tokens, {args.new} new tokens, greedy, fp32, KV cache, median of {args.repeats}\n")
-    header = f"{'model':<7}{'batch':>6}{'impl':>12}{'tok/s':>9}{'ms/step':>9}{'first call s (compile)':>24}{'ratio':>8}"
+    dname = {"float32": "fp32", "bfloat16": "bf16"}[args.dtype]
+    print(f"prompt {args.prompt} tokens, {args.new} new tokens, greedy, {dname}, KV cache, median of {args.repeats}")
+    peak = None
+    if args.bandwidth:
+        peak = copy_bandwidth()
+        print(f"copy bandwidth of {jax.devices()[0].device_kind} (jitted x + 1, read + write): {peak / 1e9:.0f} GB/s")
+    print()
+    header = f"{'model':<9}{'batch':>6}{'impl':>12}{'tok/s':>9}{'ms/step':>9}{'first call s (compile)':>24}{'ratio':>8}"
     print(header)
     rows = []
     for name in args.models:
@@ -240,17 +305,23 @@ def main():
         eos = vocab - 1
         cfg = getattr(transformers, cfg_cls)(**kw, eos_token_id=eos, bos_token_id=0, pad_token_id=eos)
         torch.manual_seed(0)
-        ref = getattr(transformers, model_cls)(cfg).eval()
+        default_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(torch_dtype)  # initialise in the benchmark's dtype, on the device it runs on
+        try:
+            with torch.device(device):
+                ref = getattr(transformers, model_cls)(cfg).eval()
+        finally:
+            torch.set_default_dtype(default_dtype)
         seq2seq = name in SEQ2SEQ
         auto = jf.AutoModelForSeq2SeqLM if seq2seq else jf.AutoModelForCausalLM
         with tempfile.TemporaryDirectory() as tmp:
             ref.save_pretrained(tmp)
-            model = auto.from_pretrained(tmp)
+            model = auto.from_pretrained(tmp, torch_dtype=args.dtype)
             quantized = {}
             for fmt in args.quant:
                 head = dict(modules_to_not_convert=(), quantize_embeddings=True) if args.quant_head else {}
                 config = QuantizationConfig(bits=8 if fmt == "int8" else 4, **head)
-                quantized[fmt] = auto.from_pretrained(tmp, quantization=config)
+                quantized[fmt] = auto.from_pretrained(tmp, quantization=config, torch_dtype=args.dtype)
         # where the new tokens start in both outputs: after the prompt (decoder-only) or the decoder start token
         first_new = 1 if seq2seq else args.prompt
         for b in args.batches:
@@ -272,8 +343,16 @@ def main():
             res = {"model": name, "batch": b, "jf_tps": b * args.new / t_all,
                    "jf_step": (t_all - t_one) / (args.new - 1)}  # fmt: skip
             res["first"], res["compile"] = first, first - t_all
-            line = f"{name:<7}{b:>6}{'jaxformers':>12}{res['jf_tps']:>9.1f}{res['jf_step'] * 1e3:>9.2f}{first:>8.2f}"
+            line = f"{name:<9}{b:>6}{'jaxformers':>12}{res['jf_tps']:>9.1f}{res['jf_step'] * 1e3:>9.2f}{first:>8.2f}"
             line += f" ({res['compile']:.1f})"
+            bw_line = ""
+            if args.bandwidth and not seq2seq:
+                cache_len = max(MIN_PROMPT_BUCKET, 1 << (args.prompt - 1).bit_length()) + new_tokens_bucket(args.new)
+                w_bytes, kv_bytes = step_bytes(model, b, cache_len)
+                res["step_bytes"], res["step_bw"] = w_bytes + kv_bytes, (w_bytes + kv_bytes) / res["jf_step"]
+                bw_line = (f"{'':<9}{'':>6}{'':>12}   reads {w_bytes / 1e6:.0f} MB weights + {kv_bytes / 1e6:.0f} MB "
+                           f"KV per step: {res['step_bw'] / 1e9:.0f} GB/s = {res['step_bw'] / peak:.0%} of copy "
+                           "bandwidth")  # fmt: skip
             if args.scan_layout:
                 ours(args.new, unroll=False)
                 ours(1, unroll=False)
@@ -281,14 +360,20 @@ def main():
                 s_one = median_time(lambda: ours(1, unroll=False), args.repeats)
                 res["scan_tps"], res["scan_step"] = b * args.new / s_all, (s_all - s_one) / (args.new - 1)
             if not args.no_torch:
-                tid = torch.tensor(ids).long()
+                tid = torch.tensor(ids).long().to(device)
+
+                def sync():
+                    if device == "cuda":
+                        torch.cuda.synchronize()
 
                 def theirs(n):
                     with torch.inference_mode():
-                        return ref.generate(input_ids=tid, attention_mask=torch.ones_like(tid), max_new_tokens=n,
-                                            min_new_tokens=0, **gen)  # fmt: skip
+                        out = ref.generate(input_ids=tid, attention_mask=torch.ones_like(tid), max_new_tokens=n,
+                                           min_new_tokens=0, **gen)  # fmt: skip
+                    sync()
+                    return out
 
-                ref_out = theirs(args.new).numpy()
+                ref_out = theirs(args.new).cpu().numpy()
                 theirs(1)
                 p_all, p_one = median_time(lambda: theirs(args.new), args.repeats), median_time(
                     lambda: theirs(1), args.repeats
@@ -297,12 +382,16 @@ def main():
                 res["agree"] = float((ref_out[:, first_new:] == out[:, first_new:]).mean())
                 line += f"{res['jf_tps'] / res['pt_tps']:>8.2f}"
                 print(line)
+                if bw_line:
+                    print(bw_line)
                 if args.scan_layout:
-                    print(f"{'':<7}{'':>6}{'jf (scan)':>12}{res['scan_tps']:>9.1f}{res['scan_step'] * 1e3:>9.2f}")
-                print(f"{'':<7}{'':>6}{'pytorch':>12}{res['pt_tps']:>9.1f}{res['pt_step'] * 1e3:>9.2f}"
+                    print(f"{'':<9}{'':>6}{'jf (scan)':>12}{res['scan_tps']:>9.1f}{res['scan_step'] * 1e3:>9.2f}")
+                print(f"{'':<9}{'':>6}{'pytorch':>12}{res['pt_tps']:>9.1f}{res['pt_step'] * 1e3:>9.2f}"
                       f"{'':>14}   tokens agreeing with pytorch: {res['agree']:.1%}")  # fmt: skip
             else:
                 print(line)
+                if bw_line:
+                    print(bw_line)
             for fmt, qmodel in quantized.items():
                 def quant_run(n, qmodel=qmodel):
                     return jf.generate(qmodel, ids, max_new_tokens=n, **gen)
@@ -318,12 +407,17 @@ def main():
                 tps, step = b * args.new / q_all, (q_all - q_one) / (args.new - 1)
                 res[f"{fmt}_tps"], res[f"{fmt}_step"] = tps, step
                 agree = float((q_out[:, first_new:] == out[:, first_new:]).mean())
-                q_line = f"{'':<7}{'':>6}{'jf ' + fmt:>12}{tps:>9.1f}{step * 1e3:>9.2f}{q_first:>8.2f} "
+                q_line = f"{'':<9}{'':>6}{'jf ' + fmt:>12}{tps:>9.1f}{step * 1e3:>9.2f}{q_first:>8.2f} "
                 q_line += f"({q_first - q_all:.1f})"
                 if "pt_tps" in res:
                     q_line += f"{tps / res['pt_tps']:>8.2f}"
-                print(f"{q_line}   vs fp32: {tps / res['jf_tps']:.2f}x tok/s, "
-                      f"{res['jf_step'] / step:.2f}x per step; tokens agreeing with fp32: {agree:.1%}")  # fmt: skip
+                print(f"{q_line}   vs {dname}: {tps / res['jf_tps']:.2f}x tok/s, "
+                      f"{res['jf_step'] / step:.2f}x per step; tokens agreeing with {dname}: {agree:.1%}")  # fmt: skip
+                if args.bandwidth and not seq2seq:
+                    w_bytes, kv_bytes = step_bytes(qmodel, b, cache_len)
+                    bw = (w_bytes + kv_bytes) / step
+                    print(f"{'':<9}{'':>6}{'':>12}   reads {w_bytes / 1e6:.0f} MB weights + {kv_bytes / 1e6:.0f} MB "
+                          f"KV per step: {bw / 1e9:.0f} GB/s = {bw / peak:.0%} of copy bandwidth")  # fmt: skip
             rows.append(res)
     if args.memory:
         decoders = [m for m in args.models if m not in SEQ2SEQ]

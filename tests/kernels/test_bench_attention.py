@@ -39,6 +39,30 @@ def test_smoke_run_prints_timings_errors_and_table_rows():
         assert len(row) == len(attention.AUTO_TABLE[0]) and row[4][-1] == "xla" and "cudnn" not in row[4], row
 
 
+def test_decode_smoke_run_prints_bandwidth_error_and_decode_rows():
+    cmd = [sys.executable, str(SCRIPT), "--decode", "--smoke", "--emit-table"]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    rows = [ln.split() for ln in lines if ln.split() and ln.split()[0].isdigit()]
+    assert [(r[0], r[1]) for r in rows] == [("64", "1"), ("64", "2")]
+    for r in rows:
+        pallas_ms, pallas_gbs, xla_ms, xla_gbs = map(float, r[2:6])
+        assert pallas_ms > 0 and xla_ms > 0 and pallas_gbs >= 0 and xla_gbs >= 0, r
+        assert float(r[7]) < 2e-2, r  # bf16 error of the interpreted decode kernel against XLA
+        assert r[8] == "pallas_decode", r  # the dispatcher really ran the decode kernel
+    table = [ast.literal_eval(ln.strip().rstrip(",")) for ln in lines if ln.startswith('    ("')]
+    assert table and table[0][:4] == ("cpu", "decode", "any", 0) and table[0][4][-1] == "xla"
+
+
+def test_derive_table_for_decode_rows():
+    bench = _load_script()
+    results = {(1024, 1): {"pallas": 2.0, "xla": 1.0}, (1024, 8): {"pallas": 2.0, "xla": 1.5},
+               (8192, 1): {"pallas": 1.0, "xla": 3.0}, (8192, 8): {"pallas": 1.0, "xla": "OOM"}}  # fmt: skip
+    rows = bench.derive_table(results, [1024, 8192], "gpu", "any", "decode", [(1,), (8,)], bench.DECODE_IMPLS)
+    assert rows == [("gpu", "decode", "any", 0, ("xla",)), ("gpu", "decode", "any", 8192, ("pallas", "xla"))]
+
+
 def test_derive_table_ranks_merges_and_drops_failures():
     bench = _load_script()
     timings = {  # per length: pallas, xla, cudnn seconds (or failures)

@@ -1,0 +1,135 @@
+"""Time the quantized matmul against the float one and read the compiled program: does the dequantization fuse?
+
+    python scripts/bench_quant_matmul.py                        # bf16 on a GPU, fp32 elsewhere; M in 1, 8, 64
+    python scripts/bench_quant_matmul.py --k 4096 --n 14336     # another weight shape
+    python scripts/bench_quant_matmul.py --smoke                # tiny shapes (tests the script)
+
+For `x [M, K] @ W [K, N]` it times (median of --repeats after a warm-up, each ended by block_until_ready) the float
+product in the activation dtype and `jaxformers.core.quant.matmul` with int8 per-channel codes in each compute mode
+("weight_only": dequantize then the float dot; "int8": dynamic int8 activations, int8 x int8 -> int32), in one run.
+It prints ms, the weight bytes each product must read over that time (GB/s), the speed-up over the float product,
+and, from the optimised HLO (`jax.jit(f).lower(...).compile().as_text()`), whether the instruction that performs the
+product reads the int8 codes itself ("fused": the dequantization happens inside the product's kernel) or a float
+weight some earlier instruction wrote to memory ("separate"), with that instruction's kind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import time
+
+GEMM_TARGETS = ("gemm", "matmul", "cublas", "onednn", "ynn", "xnn", "dot")
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _computations(hlo: str) -> dict[str, list[str]]:
+    """HLO module text -> {computation name: its instruction lines}."""
+    comps, name = {}, None
+    for line in hlo.splitlines():
+        head = re.match(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\{\s*$", line)
+        if head:
+            name = head.group(1)
+            comps[name] = []
+        elif name is not None and line.strip() == "}":
+            name = None
+        elif name is not None:
+            comps[name].append(line.strip())
+    return comps
+
+
+def product_reads(hlo: str) -> list[tuple[str, bool]]:
+    """For each instruction outside fused computations that performs a matrix product (a `dot`, a fusion whose body
+    has one, or a GEMM custom call): (its kind, whether an operand is an 8- or 4-bit integer array)."""
+    comps = _computations(hlo)
+    called = {m for lines in comps.values() for line in lines for m in re.findall(r"calls=%?([\w.\-]+)", line)}
+    types = {}  # instruction name -> element type ("s8", "bf16", ...); operands are printed by name only
+    for lines in comps.values():
+        for line in lines:
+            defined = re.match(r"(?:ROOT )?%?([\w.\-]+) = \(?(\w+)\[", line)
+            if defined:
+                types[defined.group(1)] = defined.group(2)
+    found = []
+    for name, lines in comps.items():
+        if name in called:
+            continue
+        for line in lines:
+            op = re.search(r"=\s*\S+\s+([\w\-]+)\((.*?)\)(?:,|$)", line)
+            if not op:
+                continue
+            kind, operands = op.group(1), op.group(2)
+            callee = re.search(r"calls=%?([\w.\-]+)", line)
+            body = comps.get(callee.group(1), []) if callee else []
+            is_product = (
+                kind == "dot"
+                or (kind == "fusion" and any(re.search(r"\bdot\(", b) for b in body))
+                or (kind == "custom-call" and any(t in line.lower() for t in GEMM_TARGETS))
+            )
+            if is_product:
+                fusion_kind = re.search(r"kind=(\w+)", line)
+                label = kind + (f" {fusion_kind.group(1)}" if fusion_kind else "")
+                target = re.search(r'custom_call_target="([^"]+)"', line)
+                label += f" {target.group(1)}" if target else ""
+                kinds = [types.get(o, "") for o in re.findall(r"%([\w.\-]+)", operands)]
+                kinds += re.findall(r"\b(\w+)\[", operands)  # operands printed with their types
+                found.append((label, any(k in ("s8", "u8", "s4", "u4") for k in kinds)))
+    return found
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--k", type=int, default=2048)
+    ap.add_argument("--n", type=int, default=5632)
+    ap.add_argument("--rows", type=int, nargs="+", default=[1, 8, 64])
+    ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="default: bf16 on GPU/TPU")
+    ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes, 2 repeats")
+    args = ap.parse_args()
+    if args.smoke:
+        args.k, args.n, args.rows, args.repeats = 64, 96, [1, 4], 2
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxformers.core import quant
+
+    platform = jax.default_backend()
+    dtype = jnp.dtype(args.dtype or ("float32" if platform == "cpu" else "bfloat16"))
+    rng = np.random.RandomState(0)
+    w = jnp.asarray(rng.standard_normal((args.k, args.n)) * 0.02, jnp.float32)
+    spec = quant.QuantSpec(8, None)
+    codes, scale = quant.quantize_kernel(w, spec, lead=0, n_in=1)
+    wf = w.astype(dtype)
+    print(f"# {jax.devices()[0].device_kind} ({platform}), jax {jax.__version__}: x [M, {args.k}] @ W [{args.k}, "
+          f"{args.n}], activations {dtype.name}, int8 per-channel codes; median of {args.repeats}")  # fmt: skip
+    print(f"{'M':>4} {'impl':>12} {'ms':>9} {'GB/s':>7} {'vs float':>9}  product reads")
+    for m in args.rows:
+        x = jnp.asarray(rng.standard_normal((m, args.k)), dtype)
+        runs = {dtype.name: (jax.jit(lambda x, w: x @ w), (x, wf), wf.nbytes)}
+        for mode in ("weight_only", "int8"):
+            mode_spec = quant.QuantSpec(8, None, compute=mode)
+            fn = jax.jit(lambda x, c, s, mode_spec=mode_spec: quant.matmul(x, c, s, None, mode_spec, dtype))
+            runs[mode] = (fn, (x, codes, scale), codes.nbytes + scale.nbytes)
+        base = None
+        for label, (fn, fargs, nbytes) in runs.items():
+            reads = product_reads(fn.lower(*fargs).compile().as_text())
+            jax.block_until_ready(fn(*fargs))
+            t = median_time(lambda: jax.block_until_ready(fn(*fargs)), args.repeats)
+            base = base or t
+            how = ", ".join(f"{kind}: {'int codes' if ints else 'float weight'}" for kind, ints in reads)
+            print(f"{m:>4} {label:>12} {t * 1e3:9.4f} {nbytes / t / 1e9:7.1f} {base / t:8.2f}x  {how or '?'}",
+                  flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
