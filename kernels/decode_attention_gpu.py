@@ -33,12 +33,15 @@ LOG2E = math.log2(math.e)
 MIN_BLOCK = 16
 _NT = (((1,), (1,)), ((), ()))
 _NN = (((1,), (0,)), ((), ()))
-_TARGET_PROGRAMS = 132  # one wave on an H100 (132 SMs)
+# Programs aimed at when choosing `num_splits`: four waves of an H100/H200 (132 SMs). Measured with
+# scripts/tune_attention.py on an H200 (bf16, N=32, K=8, H=128, S in {4096, 32768}, B in {1, 8}): 1.57x faster
+# (geometric mean) than one wave, which leaves each SM one program and too few loads in flight.
+_TARGET_PROGRAMS = 4 * 132
 
 
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
-    """Cache tile `block_k` (power of two >= 16), number of splits (None: fill about one wave of SMs)."""
+    """Cache tile `block_k` (power of two >= 16), number of splits (None: about four waves of SMs' programs)."""
 
     block_k: int = 64
     num_splits: int | None = None
@@ -54,6 +57,7 @@ class BlockSizes:
 @dataclasses.dataclass(frozen=True)
 class _Config:
     block_k: int
+    num_blocks: int
     blocks_per_split: int
     num_splits: int
     t: int
@@ -83,7 +87,7 @@ def _decode_kernel(*refs, cfg: _Config, has_key_mask: bool):
     lo = split * cfg.blocks_per_split
     if cfg.window is not None:  # the first query's window starts at slot length - T - W + 1
         lo = jnp.maximum(lo, lax.div(jnp.maximum(length - cfg.t - cfg.window + 1, 0), bk))
-    hi = jnp.minimum((split + 1) * cfg.blocks_per_split, lax.div(length + bk - 1, bk))
+    hi = jnp.minimum(jnp.minimum((split + 1) * cfg.blocks_per_split, lax.div(length + bk - 1, bk)), cfg.num_blocks)
 
     def body(ki, carry):
         acc, m, l = carry
@@ -153,7 +157,7 @@ def _decode(q, k, v, lengths, key_mask, cfg: _Config):
     kh = k.shape[2]
     rows = max(MIN_BLOCK, 1 << math.ceil(math.log2(t * (n // kh))))
     h_pad = max(MIN_BLOCK, 1 << math.ceil(math.log2(h)))
-    s_pad = cfg.block_k * cfg.blocks_per_split * cfg.num_splits
+    s_pad = cfg.block_k * cfg.num_blocks  # a block multiple only: padding copies the whole cache, every step
 
     def pad(x, length):
         return jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0), (0, h_pad - h)))
@@ -214,7 +218,8 @@ def decode_attention(
     splits = _common.cdiv(n_blocks, per_split)
     scale = h**-0.5 if scale is None else float(scale)
     cfg = _Config(
-        block_k, per_split, splits, t, scale, softcap, sliding_window, bs.num_warps, bs.num_stages, bool(interpret)
+        block_k, n_blocks, per_split, splits, t, scale, softcap, sliding_window, bs.num_warps, bs.num_stages,
+        bool(interpret),
     )
     return _decode(q, k_cache, v_cache, lengths, key_mask, cfg)
 

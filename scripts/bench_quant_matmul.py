@@ -4,13 +4,17 @@
     python scripts/bench_quant_matmul.py --k 4096 --n 14336     # another weight shape
     python scripts/bench_quant_matmul.py --smoke                # tiny shapes (tests the script)
 
-For `x [M, K] @ W [K, N]` it times (median of --repeats after a warm-up, each ended by block_until_ready) the float
-product in the activation dtype and `jaxformers.core.quant.matmul` with int8 per-channel codes in each compute mode
-("weight_only": dequantize then the float dot; "int8": dynamic int8 activations, int8 x int8 -> int32), in one run.
+For `x [M, K] @ W [K, N]`, over --layers different weights in one jitted program (a decode step's pattern: on a
+GPU the weights then stream from memory instead of the L2 cache and launch overhead is shared), it times (median of
+--repeats after a warm-up, each ended by block_until_ready) the float product in the activation dtype and
+`jaxformers.core.quant.matmul` with int8 per-channel codes in each compute mode ("weight_only": dequantize then the
+float dot; "int8": dynamic int8 activations, int8 x int8 -> int32) and a candidate formulation, "scale_after"
+(`(x @ codes.astype(dtype)) * scale`, valid for per-channel scales), in one run.
 It prints ms, the weight bytes each product must read over that time (GB/s), the speed-up over the float product,
 and, from the optimised HLO (`jax.jit(f).lower(...).compile().as_text()`), whether the instruction that performs the
-product reads the int8 codes itself ("fused": the dequantization happens inside the product's kernel) or a float
-weight some earlier instruction wrote to memory ("separate"), with that instruction's kind.
+product reads the int8 codes itself ("int codes": the dequantization, if any, happens inside the product's kernel)
+or a float weight some earlier instruction wrote to memory ("float weight"), with that instruction's kind ("?": no
+product instruction found, e.g. a one-row product XLA rewrote into a reduction).
 """
 
 from __future__ import annotations
@@ -92,6 +96,8 @@ def main():
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 8, 64])
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="default: bf16 on GPU/TPU")
     ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--layers", type=int, default=None,
+                    help="different weights per program (default 16 on a GPU, so they stream from memory, else 1)")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, 2 repeats")
     args = ap.parse_args()
     if args.smoke:
@@ -105,31 +111,43 @@ def main():
 
     platform = jax.default_backend()
     dtype = jnp.dtype(args.dtype or ("float32" if platform == "cpu" else "bfloat16"))
+    layers = args.layers or (16 if platform == "gpu" else 1)
     rng = np.random.RandomState(0)
-    w = jnp.asarray(rng.standard_normal((args.k, args.n)) * 0.02, jnp.float32)
     spec = quant.QuantSpec(8, None)
-    codes, scale = quant.quantize_kernel(w, spec, lead=0, n_in=1)
-    wf = w.astype(dtype)
+    ws = [jnp.asarray(rng.standard_normal((args.k, args.n)) * 0.02, jnp.float32) for _ in range(layers)]
+    wf = [w.astype(dtype) for w in ws]
+    quantized = [quant.quantize_kernel(w, spec, lead=0, n_in=1) for w in ws]
+    codes, scales = [c for c, _ in quantized], [s for _, s in quantized]
+    del ws
     print(f"# {jax.devices()[0].device_kind} ({platform}), jax {jax.__version__}: x [M, {args.k}] @ W [{args.k}, "
-          f"{args.n}], activations {dtype.name}, int8 per-channel codes; median of {args.repeats}")  # fmt: skip
+          f"{args.n}] for {layers} different weights in one program (ms per product), activations {dtype.name}, "
+          f"int8 per-channel codes; median of {args.repeats}")  # fmt: skip
     print(f"{'M':>4} {'impl':>12} {'ms':>9} {'GB/s':>7} {'vs float':>9}  product reads")
+
+    def over_layers(product):  # one program applying the product to each layer's weight (like a decode step)
+        return jax.jit(lambda x, *ws: sum(product(x, *w) for w in zip(*ws)))
+
+    def scale_after(x, c, s):  # a candidate formulation: the float dot over the converted codes, then the scales
+        return (x @ c.astype(dtype)) * s.astype(dtype)
+
     for m in args.rows:
         x = jnp.asarray(rng.standard_normal((m, args.k)), dtype)
-        runs = {dtype.name: (jax.jit(lambda x, w: x @ w), (x, wf), wf.nbytes)}
+        runs = {dtype.name: (over_layers(lambda x, w: x @ w), (x, wf), sum(w.nbytes for w in wf))}
+        q_bytes = sum(c.nbytes + s.nbytes for c, s in quantized)
         for mode in ("weight_only", "int8"):
             mode_spec = quant.QuantSpec(8, None, compute=mode)
-            fn = jax.jit(lambda x, c, s, mode_spec=mode_spec: quant.matmul(x, c, s, None, mode_spec, dtype))
-            runs[mode] = (fn, (x, codes, scale), codes.nbytes + scale.nbytes)
+            fn = over_layers(lambda x, c, s, mode_spec=mode_spec: quant.matmul(x, c, s, None, mode_spec, dtype))
+            runs[mode] = (fn, (x, codes, scales), q_bytes)
+        runs["scale_after"] = (over_layers(scale_after), (x, codes, scales), q_bytes)
         base = None
         for label, (fn, fargs, nbytes) in runs.items():
             reads = product_reads(fn.lower(*fargs).compile().as_text())
             jax.block_until_ready(fn(*fargs))
-            t = median_time(lambda: jax.block_until_ready(fn(*fargs)), args.repeats)
+            t = median_time(lambda: jax.block_until_ready(fn(*fargs)), args.repeats) / layers
             base = base or t
-            how = ", ".join(f"{kind}: {'int codes' if ints else 'float weight'}" for kind, ints in reads)
-            print(f"{m:>4} {label:>12} {t * 1e3:9.4f} {nbytes / t / 1e9:7.1f} {base / t:8.2f}x  {how or '?'}",
-                  flush=True)  # fmt: skip
-
+            kinds = sorted({f"{kind}: {'int codes' if ints else 'float weight'}" for kind, ints in reads})
+            print(f"{m:>4} {label:>12} {t * 1e3:9.4f} {nbytes / layers / t / 1e9:7.1f} {base / t:8.2f}x  "
+                  f"{', '.join(kinds) or '?'}", flush=True)  # fmt: skip
 
 if __name__ == "__main__":
     main()

@@ -4,8 +4,11 @@
 # the quantized matmul's compiled form. Each stage has its own time limit and log; a failing stage does not stop the
 # next one. Needs a CUDA GPU, jax with its CUDA plugin, torch and transformers; installs nothing from the network.
 #
-#   bash scripts/gpu_check.sh [OUTDIR]          # logs and summary.txt in OUTDIR (default: $OUT, else gpu-check/)
-#   QUICK=1 bash scripts/gpu_check.sh           # fewer repeats (a re-run on a tight budget)
+#   bash scripts/gpu_check.sh [OUTDIR [STAGE...]]   # logs and summary.txt in OUTDIR (default: $OUT, else
+#                                                   # gpu-check/); the stages named, or the default set
+#   QUICK=1 bash scripts/gpu_check.sh               # fewer repeats (a re-run on a tight budget)
+# Stages (default set first): kernels attention generate generate_1b decode quant_matmul | tune attention_f32
+# generate_int8 generate_f32
 #
 # jaxformers runs from this checkout without an install (a `jaxformers/kernels` link to `kernels/` is made, as the
 # package-dir mapping of an install would). If the machine's flax/optax/orbax/chex fail to import jaxformers, wheels
@@ -32,8 +35,8 @@ stage() {  # stage NAME LIMIT_SECONDS COMMAND...: run with a limit, log to OUTDI
   tail -n "${TAIL:-25}" "$OUTDIR/$name.log"
 }
 
-[ -e jaxformers/kernels ] || ln -s ../kernels jaxformers/kernels
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+"$PY" -c "import jaxformers.kernels" 2>/dev/null || ln -sfn ../kernels jaxformers/kernels  # not installed
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
   "$PY" -c "import sys, jax, jaxlib, flax, optax, torch, transformers; print(sys.version.split()[0], 'jax', \
@@ -59,13 +62,32 @@ if ! import_check >>"$OUTDIR/env.log" 2>&1; then
 fi
 tail -n 1 "$OUTDIR/env.log"
 
+run_stage() {
+  case $1 in
+    kernels) stage kernels 150 "$PY" -m pytest -m gpu tests/kernels -q -p no:cacheprovider -n 4 -rfE ;;
+    attention) stage attention 170 "$PY" scripts/bench_attention.py --emit-table --repeats "$REPEATS" ;;
+    generate) stage generate 170 "$PY" scripts/bench_generate.py --dtype bfloat16 --bandwidth --models gpt2 llama \
+      --batches 1 8 --repeats "$GEN_REPEATS" ;;
+    generate_1b) stage generate_1b 130 "$PY" scripts/bench_generate.py --dtype bfloat16 --bandwidth \
+      --models llama-1b --batches 1 --quant int8 --repeats "$GEN_REPEATS" ;;
+    decode) stage decode 50 "$PY" scripts/bench_attention.py --decode --heads 32 --kv-heads 8 --emit-table \
+      --repeats "$REPEATS" ;;
+    quant_matmul) stage quant_matmul 40 "$PY" scripts/bench_quant_matmul.py --rows 1 8 64 ;;
+    # tuning and second-look stages
+    tune) stage tune 130 "$PY" scripts/tune_attention.py ;;
+    attention_f32) stage attention_f32 70 "$PY" scripts/bench_attention.py --dtype float32 --lengths 1024 4096 8192 \
+      --impls pallas xla --emit-table --repeats "$REPEATS" ;;
+    generate_int8) stage generate_int8 90 "$PY" scripts/bench_generate.py --dtype bfloat16 --bandwidth \
+      --models llama-1b --batches 1 --quant int8 --quant-compute int8 --no-torch --repeats "$GEN_REPEATS" ;;
+    # float32 at full precision on both sides: tokens must agree (bf16 greedy on random weights diverges at ties)
+    generate_f32) JAX_DEFAULT_MATMUL_PRECISION=highest stage generate_f32 60 "$PY" scripts/bench_generate.py \
+      --dtype float32 --models gpt2 llama --batches 8 --new 32 --repeats 1 ;;
+    *) echo "unknown stage $1" ;;
+  esac
+}
+shift $(($# > 0 ? 1 : 0))
+STAGES=("$@")
 # in order of importance: a cut-off run loses the last stages only
-stage kernels 150 "$PY" -m pytest -m gpu tests/kernels -q -p no:cacheprovider -n 4 -rfE
-stage attention 170 "$PY" scripts/bench_attention.py --emit-table --repeats "$REPEATS"
-stage generate 170 "$PY" scripts/bench_generate.py --dtype bfloat16 --bandwidth --models gpt2 llama --batches 1 8 \
-  --repeats "$GEN_REPEATS"
-stage generate_1b 130 "$PY" scripts/bench_generate.py --dtype bfloat16 --bandwidth --models llama-1b --batches 1 \
-  --quant int8 --repeats "$GEN_REPEATS"
-stage decode 50 "$PY" scripts/bench_attention.py --decode --heads 32 --kv-heads 8 --emit-table --repeats "$REPEATS"
-stage quant_matmul 40 "$PY" scripts/bench_quant_matmul.py --rows 1 8 64
+[ ${#STAGES[@]} -gt 0 ] || STAGES=(kernels attention generate generate_1b decode quant_matmul)
+for s in "${STAGES[@]}"; do run_stage "$s"; done
 echo "=== done in $(($(date +%s) - T0)) s" | tee -a "$OUTDIR/summary.txt"

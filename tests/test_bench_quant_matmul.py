@@ -49,7 +49,8 @@ def test_smoke_run_prints_a_row_per_product():
     proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [ln.split() for ln in proc.stdout.splitlines() if ln.split() and ln.split()[0].isdigit()]
-    assert [(r[0], r[1]) for r in rows] == [(m, i) for m in ("1", "4") for i in ("float32", "weight_only", "int8")]
+    impls = ("float32", "weight_only", "int8", "scale_after")
+    assert [(r[0], r[1]) for r in rows] == [(m, i) for m in ("1", "4") for i in impls]
     for r in rows:
         assert float(r[2]) > 0 and r[4].endswith("x"), r
     assert all("int codes" in " ".join(r) for r in rows if r[1] == "int8"), rows

@@ -51,7 +51,19 @@ def test_smollm_kept_quantized_gives_the_float32_logits_in_the_file_s_memory(smo
     assert quant.param_bytes(floats) > 5 * file_bytes  # what the float32 default holds
     quant.set_compute(kept, "int8")  # the same codes through dynamic int8 activations: close, not exact
     logits, ref = np.asarray(kept(IDS).logits[0]), np.asarray(floats(IDS).logits[0])
-    assert np.mean(logits.argmax(-1) == ref.argmax(-1)) >= 0.75
+    # Rounded activations move logits by a few percent, so near-ties may flip and which ones do depends on the host's
+    # float details (an Intel Xeon kept 7 of 9 top-1 tokens, an AMD EPYC 6: the flips had float top-2 margins of
+    # 0.09-0.15; mean KL 0.048 there). Checked: small KL, and the same top-1 wherever the float margin is clear.
+    def log_softmax(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    lp, lq = log_softmax(ref.astype(np.float64)), log_softmax(logits.astype(np.float64))
+    kl = (np.exp(lp) * (lp - lq)).sum(-1)
+    top2 = np.sort(ref, -1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 0.3
+    assert kl.mean() < 0.1, kl
+    assert clear.sum() >= 5 and (logits.argmax(-1) == ref.argmax(-1))[clear].all(), (logits.argmax(-1), ref.argmax(-1))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -24,8 +24,16 @@ Compute (`QuantSpec.compute`), measured on XLA:CPU (jax 0.10; BENCHMARKS.md, "Qu
       one-row product is padded to two rows (XLA:CPU sends [1, K] x [K, N] to a matrix-vector loop that first
       widens the whole weight to int32). 4-bit codes are unpacked to int8 (materialised) first: XLA:CPU has no
       int4 dot, and converting `jnp.int4` arrays (which it does store packed) ran about 2x slower than these shifts.
-  "auto": "int8" on CPU, "weight_only" elsewhere (XLA:GPU and TPU fuse elementwise producers into a dot's operands;
-      not measured here: no accelerator was available).
+  "auto": "int8" on CPU, "weight_only" elsewhere.
+Measured on an NVIDIA H200 (jax 0.11.2, `scripts/bench_quant_matmul.py`, BENCHMARKS.md): XLA:GPU does not fuse the
+dequantization `code * scale` into the product either (a separate fusion writes the bf16 weight: 0.26-0.46x the
+speed of the bf16 product), but it does fuse a bare `convert` of the codes into its Triton GEMM. So on GPUs a
+weight-only product of per-channel int8 codes (one group, no zero) runs as `(x @ codes.astype(dtype)) * scale`
+(`SCALE_AFTER_PLATFORMS`): the same function up to rounding (the codes are exact in bf16; the scale is applied to the
+product instead of the weight), reading the int8 codes directly, 0.66x the bf16 product's speed with one row and
+0.99-1.01x with 8 or 64 (a 16-layer program of [M, 2048] x [2048, 5632] products). Grouped and 4-bit codes keep the
+dequantize-then-dot form there. No XLA formulation measured beats the bf16 product on that GPU, so int8 there saves
+memory, not time; "int8" compute was 0.38-0.53x.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ import numpy as np
 from flax import nnx
 
 COMPUTE_MODES = ("auto", "weight_only", "int8")
+# Backends where weight-only products of per-channel int8 codes apply the scale after the product (module docstring).
+SCALE_AFTER_PLATFORMS = ("gpu",)
 
 
 @dataclass(frozen=True)
@@ -258,8 +268,17 @@ def matmul(x, codes, scale, zero, spec: QuantSpec, dtype, transposed: bool = Fal
     through the rounded "int8" activations); the codes and scales get none.
     """
     if resolve_compute(spec.compute) == "weight_only":
+        if _scale_after(codes, scale, zero, spec, transposed):
+            return (jnp.dot(x.astype(dtype), codes.astype(dtype)) * scale.astype(dtype)).astype(dtype)
         return jnp.dot(x.astype(dtype), _weights(codes, scale, zero, spec, dtype, transposed))
     return _int8_matmul(x, codes, scale, zero, spec, transposed).astype(dtype)
+
+
+def _scale_after(codes, scale, zero, spec: QuantSpec, transposed: bool) -> bool:
+    """Whether a weight-only product takes the `(x @ codes) * scale` form: per-channel int8 codes (one group, no zero,
+    not a transposed table) on a backend in `SCALE_AFTER_PLATFORMS`."""
+    one_group = scale.shape[0] == 1 and not transposed
+    return spec.bits == 8 and zero is None and one_group and jax.default_backend() in SCALE_AFTER_PLATFORMS
 
 
 def _weights(codes, scale, zero, spec: QuantSpec, dtype, transposed: bool) -> jax.Array:

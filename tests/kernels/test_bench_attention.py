@@ -55,6 +55,25 @@ def test_decode_smoke_run_prints_bandwidth_error_and_decode_rows():
     assert table and table[0][:4] == ("cpu", "decode", "any", 0) and table[0][4][-1] == "xla"
 
 
+def test_tune_smoke_run_prints_every_candidate_with_its_error():
+    tune = SCRIPT.parent / "tune_attention.py"
+    spec = importlib.util.spec_from_file_location("tune_attention", tune)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    proc = subprocess.run([sys.executable, str(tune), "--smoke"], check=False, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("fwd (", "bwd (", "decode ("))]
+    # --smoke keeps the first two candidates of each kind: the default first, its relative-speed cell "-"
+    expected = [f"{kind} {cands[i]}" for kind, cands in (("fwd", module.FWD), ("bwd", module.BWD),
+                                                          ("decode", module.DECODE)) for i in (0, 1)]  # fmt: skip
+    assert [ln[: len(e)] for ln, e in zip(lines, expected)] == expected, proc.stdout
+    for i, ln in enumerate(lines):
+        cells = ln.rsplit("err", 1)
+        assert float(cells[1]) < 2e-2, ln  # every candidate computes the default's function (bf16 rounding apart)
+        assert (cells[0].split()[-1] == "-") == (i % 2 == 0), ln
+
+
 def test_derive_table_for_decode_rows():
     bench = _load_script()
     results = {(1024, 1): {"pallas": 2.0, "xla": 1.0}, (1024, 8): {"pallas": 2.0, "xla": 1.5},

@@ -134,3 +134,31 @@ def test_decode_row_with_no_visible_key_is_zero(backend):
 def test_decode_block_sizes_are_validated():
     with pytest.raises(ValueError, match="multiple of 128"):
         decode_attention_tpu.BlockSizes(block_k=96)
+
+
+def test_gpu_decode_never_copies_a_block_aligned_cache():
+    """Padding the cache to `splits * blocks_per_split` blocks copied the whole KV cache on every decode step (seen on
+    an H200: at batch 8 every length paid it). Only padding to a block multiple is allowed, so a block-aligned cache
+    whose blocks do not divide evenly into the splits reaches the kernel unpadded, and the result is still exact."""
+    q, k, v = normal(0, (2, 1, 4, 16), F32), normal(1, (2, 160, 2, 16), F32), normal(2, (2, 160, 2, 16), F32)
+    lengths = jnp.asarray([160, 97])
+    blocks = decode_attention_gpu.BlockSizes(block_k=16, num_splits=3)  # 10 blocks: splits of 4, 4 and 2
+
+    def kernel(q, k, v):
+        return kernels.decode_attention(q, k, v, lengths, backend="gpu", interpret=True, block_sizes=blocks)
+
+    def eqns(jaxpr):  # every equation, nested ones (custom_vjp, pjit) included
+        for eqn in jaxpr.eqns:
+            yield eqn
+            for param in eqn.params.values():
+                for sub in param if isinstance(param, (list, tuple)) else [param]:
+                    inner = getattr(sub, "jaxpr", sub)
+                    if hasattr(inner, "eqns"):
+                        yield from eqns(inner)
+
+    pads = [eqn for eqn in eqns(jax.make_jaxpr(kernel)(q, k, v).jaxpr) if eqn.primitive.name == "pad"]
+    assert pads, "the query rows are padded: the walk must see pad equations"
+    cache_pads = [e for e in pads if e.invars[0].aval.shape == k.shape and any(map(any, e.params["padding_config"]))]
+    assert not cache_pads, [e.params["padding_config"] for e in cache_pads]
+    ref = decode_attention_gpu.reference(q, k, v, lengths)
+    np.testing.assert_allclose(np.asarray(kernel(q, k, v)), np.asarray(ref), atol=1e-5, rtol=1e-5)
