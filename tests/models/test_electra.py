@@ -151,7 +151,10 @@ def test_export_round_trip_is_bit_exact_and_loads_in_transformers(hf, loaded, tm
     reloaded = getattr(transformers, CASES[name][0]).from_pretrained(tmp_path).eval()
     ids, mask, types = batch("both")
     key = CASES[name][2]
-    assert torch.equal(torch_forward(ref, ids, mask, types)[key], torch_forward(reloaded, ids, mask, types)[key])
+    a, b = torch_forward(ref, ids, mask, types)[key], torch_forward(reloaded, ids, mask, types)[key]
+    # bit-identical weights (checked above); PyTorch itself may round differently between two instances (seen on an
+    # AMD EPYC host for the pre-training head: a few float32 ulps), so the outputs are compared at float32 rounding
+    assert (a - b).abs().max() <= 1e-6 * a.abs().max(), float((a - b).abs().max() / a.abs().max())
 
 
 def test_orbax_round_trip(loaded, tmp_path):
