@@ -794,14 +794,19 @@ def run(args: argparse.Namespace) -> int:
     except RuntimeError:  # backends already initialised (an embedding program): they stay as they are
         pass
     # a compile-only TPU program cannot be loaded back from JAX's persistent cache (it has no TPU client): writing
-    # it there would only fill the user's cache and warn on the next run
-    jax.config.update("jax_enable_compilation_cache", False)
+    # it there would only fill the user's cache and warn on the next run. Off for the plan only: a program that
+    # calls `run` keeps its cache afterwards
     config, name = read_config(args.model)
-    result = plan(
-        config, name=name, topology=args.topology, preset=args.preset, task=args.task, batch=args.batch,
-        seq=args.seq, dtype=args.dtype, remat=args.remat, max_new_tokens=args.max_new_tokens,
-        num_slices=args.num_slices, mesh=args.mesh, timing=not args.no_timing, quantization=_quant_arg(args),
-    )  # fmt: skip
+    cache_was_on = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        result = plan(
+            config, name=name, topology=args.topology, preset=args.preset, task=args.task, batch=args.batch,
+            seq=args.seq, dtype=args.dtype, remat=args.remat, max_new_tokens=args.max_new_tokens,
+            num_slices=args.num_slices, mesh=args.mesh, timing=not args.no_timing, quantization=_quant_arg(args),
+        )  # fmt: skip
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cache_was_on)
     if args.json:
         record = dataclasses.asdict(result) | {"mfu": result.mfu, "peak_bytes": result.memory.peak}
         print(json.dumps(record, indent=1, default=str))

@@ -7,10 +7,21 @@ cannot hide), saves it with `save_pretrained` into a session temp dir once, and 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("JAXFORMERS_COMPILE_CACHE", "0")  # the suite never writes the user's cache (order-independent)
+# One persistent compilation cache for the whole run, never the user's: a fresh folder made by the first process that
+# imports this file (pytest itself, or its xdist controller) before any worker or test subprocess starts, so the
+# workers and every process a test starts (scripts, notebooks, README blocks) inherit it through the environment and
+# read back each other's compiled programs. It starts empty and is removed when the run ends, so no result depends on
+# an earlier run. Setting JAXFORMERS_COMPILE_CACHE yourself (0: off) overrides it.
+_OWN_CACHE = None
+if "JAXFORMERS_COMPILE_CACHE" not in os.environ:
+    _OWN_CACHE = tempfile.mkdtemp(prefix="jaxformers-test-compile-cache-")
+    os.environ["JAXFORMERS_COMPILE_CACHE"] = _OWN_CACHE
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -78,3 +89,32 @@ def tiny_hf(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
+
+# The files that take a minute or more (summed test time on a 2-core VM), longest first, run before the rest:
+# `--dist loadfile` (pyproject.toml) hands each xdist worker whole files in collection order, and a long file left
+# for the end would keep one worker busy while the other idles.
+LONG_FILES_FIRST = (
+    "generation/test_generate.py", "generation/test_seq2seq_generate.py", "tasks/test_text2text.py",
+    "test_notebooks.py", "models/test_parity.py", "kernels/test_flash_attention.py", "training/test_train_scripts.py",
+    "test_quickstart.py", "test_gguf.py", "aot/test_plan.py", "tasks/test_text_generation.py",
+    "training/test_sharded_train.py", "training/test_trainer.py", "kernels/test_decode_attention.py",
+)  # fmt: skip
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FILES_FIRST)}
+
+    def key(item):
+        try:
+            return rank.get(Path(item.path).relative_to(TESTS).as_posix(), len(rank))
+        except ValueError:  # a test file outside tests/
+            return len(rank)
+
+    items.sort(key=key)  # stable: every file keeps its own order, the other files theirs

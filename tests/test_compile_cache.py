@@ -2,6 +2,8 @@
 
 - Across processes, on XLA:CPU: a fresh process compiles a model's jitted forward and writes the cache; a second fresh
   process reads every program back (cache hits, no misses: JAX's monitoring events) and computes the same logits.
+- Bounded without slowing compilation: a folder over the cap loses its oldest entries when a process starts, and
+  JAX's own cap (a scan of the whole folder on every write) stays off.
 - Settings: the default folder honours XDG_CACHE_HOME, `JAXFORMERS_COMPILE_CACHE=0` leaves the cache off, a path
   moves it, and a cache folder or threshold the user set for JAX itself is never overridden.
 Every test uses its own temporary folder (the user's cache is never touched) and restores JAX's settings, so the rest
@@ -83,6 +85,7 @@ def jax_cache_settings():
     jax.config.update("jax_compilation_cache_dir", None)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     jax.config.update("jax_compilation_cache_max_size", -1)
+    jax.config.update("jax_enable_compilation_cache", True)
     yield
     for n, v in saved.items():
         jax.config.update(n, v)
@@ -103,7 +106,7 @@ def test_settings_default_folder_off_moved_and_the_users_own(tmp_path, monkeypat
     assert compile_cache.configure() == default and default.is_dir()
     assert jax.config.jax_compilation_cache_dir == str(default)
     assert jax.config.jax_persistent_cache_min_compile_time_secs == compile_cache.MIN_COMPILE_TIME_SECS
-    assert jax.config.jax_compilation_cache_max_size == compile_cache.MAX_SIZE_BYTES
+    assert jax.config.jax_compilation_cache_max_size == -1  # bounded by `prune` at start, not by JAX per write
     assert compile_cache.configure(str(tmp_path / "other")) == default  # JAX has a folder now: kept
 
     jax.config.update("jax_compilation_cache_dir", None)
@@ -122,3 +125,25 @@ def test_settings_default_folder_off_moved_and_the_users_own(tmp_path, monkeypat
     jax.config.update("jax_enable_compilation_cache", False)
     assert compile_cache.configure(str(tmp_path / "moved")) is None
     assert jax.config.jax_compilation_cache_dir is None
+
+
+def test_a_folder_over_the_cap_loses_its_oldest_entries_at_start(tmp_path, monkeypatch, jax_cache_settings):
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    for i in range(10):  # entry i written at time i; JAX's LRU recorded a recent use of entry 0
+        (folder / f"k{i}-cache").write_bytes(b"x" * 1000)
+        os.utime(folder / f"k{i}-cache", ns=(i * 10**9, i * 10**9))
+    (folder / "k0-atime").write_bytes((20 * 10**9).to_bytes(8, "little"))
+    (folder / "other-file").write_bytes(b"y" * 5000)  # not an entry: neither counted nor removed
+    assert compile_cache.prune(folder, max_bytes=20_000) == 0  # under the cap: nothing happens
+    assert len(compile_cache.entries(folder)) == 10
+
+    assert compile_cache.prune(folder, max_bytes=8000, to=0.5) == 6  # down to 4 entries: the newest and entry 0
+    assert [p.name for p in compile_cache.entries(folder)] == ["k0-cache", "k7-cache", "k8-cache", "k9-cache"]
+    assert (folder / "k0-atime").exists() and (folder / "other-file").exists()
+
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_MAX_SIZE", raising=False)
+    monkeypatch.setattr(compile_cache, "MAX_SIZE_BYTES", 3000)  # what `import jaxformers` does: prune, then use
+    assert compile_cache.configure(str(folder)) == folder
+    assert [p.name for p in compile_cache.entries(folder)] == ["k0-cache", "k9-cache"]
+    assert jax.config.jax_compilation_cache_max_size == -1

@@ -73,7 +73,10 @@ def execute(path: Path, kernel_dir: Path, workdir: Path, devices: int | None):
     nb = nbformat.read(path, as_version=4)
     km = KernelManager(kernel_name=KERNEL, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_dir)]))
     client = NotebookClient(nb, km=km, timeout=600, resources={"metadata": {"path": str(workdir)}})
-    client.execute(env=kernel_env(devices))
+    # cleanup_kc: shut the kernel down afterwards (nbclient keeps a kernel whose manager it was given alive, and each
+    # idle kernel would hold its 1.5-2.5 GB until the test run ends)
+    client.execute(env=kernel_env(devices), cleanup_kc=True)
+    assert not km.is_alive(), "the notebook's kernel still runs after the notebook"
     return nb
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+import jax
 import pytest
 from public_configs import BERT_LARGE, GEMMA_7B, LLAMA3_8B
 
@@ -181,7 +182,10 @@ def _cli(argv: list[str]) -> tuple[int, argparse.Namespace]:
     parser = argparse.ArgumentParser(prog="jaxformers")
     aot.add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return args.func(args), args
+    cache_on = jax.config.jax_enable_compilation_cache
+    status = args.func(args)  # the plan's compile-only programs skip the persistent cache; the caller keeps it
+    assert jax.config.jax_enable_compilation_cache == cache_on
+    return status, args
 
 
 def test_plan_command(tpu, tmp_path, capsys):
