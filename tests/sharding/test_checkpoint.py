@@ -148,12 +148,15 @@ def test_killed_saves_leave_the_last_complete_checkpoint(llama_dir, tmp_path):
         starts = {int(w[1]): float(w[2]) for w in words if w[0] == "saving"}
         ends = {int(w[1]): float(w[2]) for w in words if w[0] == "saved"}
         last = max(ends)  # the last completed save: at least one, before the kill
-        assert last >= 1 and last + 1 in starts and killed_at > starts[last + 1], (attempt, lines)
+        assert last >= 1 and killed_at > ends[last], (attempt, lines)
+        # a timed kill may land after save `last` ended and before save `last + 1` printed its start (a save can run
+        # faster than the one it was timed on): the target then holds `last`, as it must
+        during = last + 1 in starts and killed_at > starts[last + 1]
         if "stage" in attempt:
-            assert lines[-1] == f"stage {attempt['stage']}", (attempt, lines)  # killed inside that stage
+            assert during and lines[-1] == f"stage {attempt['stage']}", (attempt, lines)  # killed inside that stage
             allowed = {last + STAGES[attempt["stage"]]}
         else:
-            allowed = {last, last + 1}
+            allowed = {last, last + 1} if during else {last}
         assert orbax_io.list_checkpoints(target.parent) == [target]
         assert [p.name for p in target.parent.iterdir() if not p.name.startswith(".")] == ["latest"]
         values = {float(v) for arr in _values(jf.load(target)).values() for v in np.unique(arr)}
