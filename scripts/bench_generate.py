@@ -252,7 +252,7 @@ def main():
                     help="also time the decode loop over scanned, stacked [L, ...] weights (unroll_layers=False)")
     ap.add_argument("--quant", nargs="+", default=[], choices=["int8", "int4"],
                     help="also time jaxformers with weights quantized to these formats")
-    ap.add_argument("--quant-compute", default="auto", choices=["auto", "weight_only", "int8"],
+    ap.add_argument("--quant-compute", default="auto", choices=["auto", "weight_only", "int8", "pallas"],
                     help="with --quant: how quantized products run (jaxformers.core.quant; auto: int8 on CPU)")
     ap.add_argument("--quant-head", action="store_true",
                     help="with --quant: quantize the LM head (untied) or the tied token embedding too")

@@ -121,7 +121,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (median)")
     ap.add_argument("--rows", nargs="+", default=["kept", "float32"], choices=["kept", "float32"],
                     help="jaxformers rows: the file kept quantized, dequantized to float32")
-    ap.add_argument("--compute", nargs="+", default=["auto"], choices=["auto", "weight_only", "int8"],
+    ap.add_argument("--compute", nargs="+", default=["auto"], choices=["auto", "weight_only", "int8", "pallas"],
                     help="kept-quantized rows, one per matmul (jaxformers.core.quant; auto: int8 activations on CPU)")
     ap.add_argument("--threads", type=int, default=2, help="llama.cpp threads (default 2)")
     ap.add_argument("--llama-python", default=None, metavar="PATH",

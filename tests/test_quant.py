@@ -234,6 +234,26 @@ def test_generation_and_cached_decoding_equal_the_full_forward(tiny_hf):
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("config", [QuantizationConfig(bits=8, compute="pallas"),
+                                    QuantizationConfig(bits=4, group_size=32, compute="pallas")], ids=["int8", "int4"])
+def test_pallas_compute_runs_the_kernel_with_the_weight_only_numbers(int4_llama, config):
+    """compute="pallas" (the GPU decoding default; interpreted here) puts every block product of a model through
+    the Pallas kernel, gives the weight-only logits (same weights; float32 sums in another order), and `generate`
+    picks the same tokens."""
+    directory = int4_llama[0]
+    model = jf.load(directory, quantization=config)
+    ids, mask = _batch()
+    jaxpr = str(jax.make_jaxpr(lambda i, m: model(i, m).logits)(ids, mask))
+    assert jaxpr.count("pallas_call") == len(quant.quantized_modules(model)) == 7, jaxpr.count("pallas_call")
+    got = np.asarray(model(ids, mask).logits)
+    want = np.asarray(quant.set_compute(jf.load(directory, quantization=config), "weight_only")(ids, mask).logits)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
+    prompt = ids[:1, :5]
+    with_kernel = np.asarray(jf.generate(model, prompt, max_new_tokens=4, eos_token_id=None))
+    quant.set_compute(model, "weight_only")
+    np.testing.assert_array_equal(with_kernel, jf.generate(model, prompt, max_new_tokens=4, eos_token_id=None))
+
+
 def _leaves(model) -> dict:
     return {k: np.asarray(v) for k, v in jf.loading.model_params(model).items()}
 

@@ -24,7 +24,12 @@ Compute (`QuantSpec.compute`), measured on XLA:CPU (jax 0.10; BENCHMARKS.md, "Qu
       one-row product is padded to two rows (XLA:CPU sends [1, K] x [K, N] to a matrix-vector loop that first
       widens the whole weight to int32). 4-bit codes are unpacked to int8 (materialised) first: XLA:CPU has no
       int4 dot, and converting `jnp.int4` arrays (which it does store packed) ran about 2x slower than these shifts.
-  "auto": "int8" on CPU, "weight_only" elsewhere.
+  "pallas": weight-only in registers: the Pallas GPU kernel `jaxformers.kernels.quant_matmul_gpu` reads the codes
+      tile by tile, dequantizes them in registers and never writes float weights (interpreted, slowly, on CPU;
+      "weight_only" on TPU, where the kernel has no tiles for the shapes, for a transposed table, or under a multi-device
+      mesh, which cannot partition a kernel call).
+  "auto": "int8" on CPU; elsewhere "weight_only", except on GPUs for products of at most `GPU_KERNEL_MAX_ROWS` rows
+      (decoding), which take "pallas".
 Measured on an NVIDIA H200 (jax 0.11.2, `scripts/bench_quant_matmul.py`, BENCHMARKS.md): XLA:GPU does not fuse the
 dequantization `code * scale` into the product either (a separate fusion writes the bf16 weight: 0.26-0.46x the
 speed of the bf16 product), but it does fuse a bare `convert` of the codes into its Triton GEMM. So on GPUs a
@@ -48,9 +53,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-COMPUTE_MODES = ("auto", "weight_only", "int8")
+COMPUTE_MODES = ("auto", "weight_only", "int8", "pallas")
 # Backends where weight-only products of per-channel int8 codes apply the scale after the product (module docstring).
 SCALE_AFTER_PLATFORMS = ("gpu",)
+# "auto" on a GPU sends products of at most this many rows (decoding: one row per sequence) to the Pallas kernel
+# `jaxformers.kernels.quant_matmul_gpu`; longer ones (prefill, training) keep XLA's dequantize-then-GEMM, which is
+# compute-bound there. PROVISIONAL until measured on a GPU (scripts/bench_quant_matmul.py, BENCHMARKS.md).
+GPU_KERNEL_MAX_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,7 @@ class QuantSpec:
 
     bits: 8 (`int8` codes) or 4 (nibbles, two per `uint8`). group_size: input rows sharing one scale (None: all of
     them, one scale per output channel). zero: a per-group additive term. unsigned: 4-bit codes are the nibbles
-    0..15 (else nibble - 8). compute: "auto" | "weight_only" | "int8" (module docstring).
+    0..15 (else nibble - 8). compute: "auto" | "weight_only" | "int8" | "pallas" (module docstring).
     """
 
     bits: int
@@ -104,9 +113,10 @@ class QuantizationConfig:
       dot-separated parts ("lm_head", "mlp.down_proj"; stacked layers cannot be told apart by index). None (the
       default) leaves the task head (everything outside the base model: lm_head, classifier, ...) in floating
       point, as transformers' quantizers do; () quantizes it too.
-    compute: "auto" | "weight_only" | "int8": how the quantized matmul runs (see `jaxformers.core.quant`). "int8"
-      (the CPU default) also rounds the activations, as llama.cpp does: SmolLM2-135M's Q4_1 file gave a mean KL of
-      0.03 to its float32 logits over a 30-token text (80% top-1 agreement), where "weight_only" is exact.
+    compute: "auto" | "weight_only" | "int8" | "pallas": how the quantized matmul runs (see `jaxformers.core.quant`).
+      "int8" (the CPU default) also rounds the activations, as llama.cpp does: SmolLM2-135M's Q4_1 file gave a mean
+      KL of 0.03 to its float32 logits over a 30-token text (80% top-1 agreement), where "weight_only" is exact.
+      "pallas" (the GPU default for decoding) dequantizes in a GPU kernel's registers: exact weights, float32 sums.
     """
 
     bits: int | None = 8
@@ -267,11 +277,43 @@ def matmul(x, codes, scale, zero, spec: QuantSpec, dtype, transposed: bool = Fal
     `x @ W` with the dequantized `W` in either compute mode (so adapters train over frozen quantized weights, also
     through the rounded "int8" activations); the codes and scales get none.
     """
-    if resolve_compute(spec.compute) == "weight_only":
+    mode = resolve_compute(spec.compute)
+    if _use_kernel(mode, spec, x.shape[0], codes, scale, transposed):
+        return _kernel_matmul(x.astype(dtype), codes, scale, zero, spec).astype(dtype)
+    if mode in ("weight_only", "pallas"):
         if _scale_after(codes, scale, zero, spec, transposed):
             return (jnp.dot(x.astype(dtype), codes.astype(dtype)) * scale.astype(dtype)).astype(dtype)
         return jnp.dot(x.astype(dtype), _weights(codes, scale, zero, spec, dtype, transposed))
     return _int8_matmul(x, codes, scale, zero, spec, transposed).astype(dtype)
+
+
+def _use_kernel(mode: str, spec: QuantSpec, rows: int, codes, scale, transposed: bool) -> bool:
+    """Whether this product runs in the Pallas kernel: compute "pallas" (on a GPU; interpreted on CPU; not on TPU), or
+    "auto" on a GPU for at most `GPU_KERNEL_MAX_ROWS` rows; never for a transposed table, shapes the kernel has no
+    tiles for, or under a mesh of several devices (XLA cannot partition a kernel call: it would gather the weights)."""
+    if transposed or mode not in ("pallas", "weight_only") or (mode == "weight_only" and spec.compute != "auto"):
+        return False
+    from jaxformers.core import attention
+
+    platform = attention.target_platform()
+    if platform not in ("gpu", "cpu") or (mode == "weight_only" and (platform != "gpu" or rows > GPU_KERNEL_MAX_ROWS)):
+        return False  # a Triton kernel: TPUs keep XLA's form
+    mesh = attention._active_mesh()
+    if mesh is not None and mesh.size > 1:
+        return False
+    from jaxformers.kernels import quant_matmul_gpu
+
+    k = codes.shape[0] * (2 if spec.bits == 4 else 1)
+    return quant_matmul_gpu.supports(rows, k, codes.shape[1], spec.bits, scale.shape[0])
+
+
+def _kernel_matmul(x, codes, scale, zero, spec: QuantSpec) -> jax.Array:
+    from jaxformers.core import attention
+    from jaxformers.kernels import quant_matmul_gpu
+
+    interpret = attention.target_platform() != "gpu"
+    return quant_matmul_gpu.quant_matmul(x, codes, scale, zero, bits=spec.bits, unsigned=spec.unsigned,
+                                         interpret=interpret)  # fmt: skip
 
 
 def _scale_after(codes, scale, zero, spec: QuantSpec, transposed: bool) -> bool:
@@ -427,7 +469,7 @@ def quantized_modules(model: nnx.Module) -> dict[tuple[str, ...], QuantSpec]:
 
 
 def set_compute(model: nnx.Module, compute: str) -> nnx.Module:
-    """Switch every quantized layer of `model` to another compute mode ("auto" | "weight_only" | "int8"), in place;
+    """Switch every quantized layer of `model` to another compute mode (one of `COMPUTE_MODES`), in place;
     returns `model`. The stored weights are unchanged (e.g. "weight_only" for a GGUF file's exact logits, "int8"
     for speed on CPU); jitted functions retrace, since the mode is part of the module's static structure."""
     if compute not in COMPUTE_MODES:
