@@ -252,8 +252,9 @@ def main():
                     help="also time the decode loop over scanned, stacked [L, ...] weights (unroll_layers=False)")
     ap.add_argument("--quant", nargs="+", default=[], choices=["int8", "int4"],
                     help="also time jaxformers with weights quantized to these formats")
-    ap.add_argument("--quant-compute", default="auto", choices=["auto", "weight_only", "int8", "pallas"],
-                    help="with --quant: how quantized products run (jaxformers.core.quant; auto: int8 on CPU)")
+    ap.add_argument("--quant-compute", nargs="+", default=["auto"], choices=["auto", "weight_only", "int8", "pallas"],
+                    help="with --quant: how quantized products run (jaxformers.core.quant; auto: int8 on CPU, the "
+                         "Pallas kernel for decoding on GPUs); several: a row each")  # fmt: skip
     ap.add_argument("--quant-head", action="store_true",
                     help="with --quant: quantize the LM head (untied) or the tied token embedding too")
     ap.add_argument("--memory", action="store_true",
@@ -321,9 +322,11 @@ def main():
             model = auto.from_pretrained(tmp, torch_dtype=args.dtype)
             quantized = {}
             for fmt in args.quant:
-                head = dict(modules_to_not_convert=(), quantize_embeddings=True) if args.quant_head else {}
-                config = QuantizationConfig(bits=8 if fmt == "int8" else 4, compute=args.quant_compute, **head)
-                quantized[fmt] = auto.from_pretrained(tmp, quantization=config, torch_dtype=args.dtype)
+                for compute in args.quant_compute:
+                    head = dict(modules_to_not_convert=(), quantize_embeddings=True) if args.quant_head else {}
+                    config = QuantizationConfig(bits=8 if fmt == "int8" else 4, compute=compute, **head)
+                    label = fmt if len(args.quant_compute) == 1 else f"{fmt} {compute}"
+                    quantized[label] = auto.from_pretrained(tmp, quantization=config, torch_dtype=args.dtype)
         # where the new tokens start in both outputs: after the prompt (decoder-only) or the decoder start token
         first_new = 1 if seq2seq else args.prompt
         for b in args.batches:
