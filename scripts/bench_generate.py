@@ -255,6 +255,8 @@ def main():
     ap.add_argument("--quant-compute", nargs="+", default=["auto"], choices=["auto", "weight_only", "int8", "pallas"],
                     help="with --quant: how quantized products run (jaxformers.core.quant; auto: int8 on CPU, the "
                          "Pallas kernel for decoding on GPUs); several: a row each")  # fmt: skip
+    ap.add_argument("--attn-impl", default="auto", choices=["auto", "xla", "cudnn", "pallas"],
+                    help="jaxformers' attention implementation (Options.attn_impl), for every jaxformers row")
     ap.add_argument("--quant-head", action="store_true",
                     help="with --quant: quantize the LM head (untied) or the tied token embedding too")
     ap.add_argument("--memory", action="store_true",
@@ -279,6 +281,7 @@ def main():
     import transformers
 
     import jaxformers as jf
+    from jaxformers.core.options import Options
     from jaxformers.core.quant import QuantizationConfig
 
     from jaxformers.generation import MIN_PROMPT_BUCKET, new_tokens_bucket
@@ -293,7 +296,8 @@ def main():
     args.prompt = args.prompt or (64 if seq2seq_only else 32)
     args.new = args.new or (64 if seq2seq_only else 128)
     dname = {"float32": "fp32", "bfloat16": "bf16"}[args.dtype]
-    print(f"prompt {args.prompt} tokens, {args.new} new tokens, greedy, {dname}, KV cache, median of {args.repeats}")
+    print(f"prompt {args.prompt} tokens, {args.new} new tokens, greedy, {dname}, KV cache, attention {args.attn_impl}, "
+          f"median of {args.repeats}")
     peak = None
     if args.bandwidth:
         peak = copy_bandwidth()
@@ -319,14 +323,16 @@ def main():
         auto = jf.AutoModelForSeq2SeqLM if seq2seq else jf.AutoModelForCausalLM
         with tempfile.TemporaryDirectory() as tmp:
             ref.save_pretrained(tmp)
-            model = auto.from_pretrained(tmp, torch_dtype=args.dtype)
+            opts = Options(attn_impl=args.attn_impl)
+            model = auto.from_pretrained(tmp, torch_dtype=args.dtype, options=opts)
             quantized = {}
             for fmt in args.quant:
                 for compute in args.quant_compute:
                     head = dict(modules_to_not_convert=(), quantize_embeddings=True) if args.quant_head else {}
                     config = QuantizationConfig(bits=8 if fmt == "int8" else 4, compute=compute, **head)
                     label = fmt if len(args.quant_compute) == 1 else f"{fmt} {compute}"
-                    quantized[label] = auto.from_pretrained(tmp, quantization=config, torch_dtype=args.dtype)
+                    quantized[label] = auto.from_pretrained(tmp, quantization=config, torch_dtype=args.dtype,
+                                                            options=opts)  # fmt: skip
         # where the new tokens start in both outputs: after the prompt (decoder-only) or the decoder start token
         first_new = 1 if seq2seq else args.prompt
         for b in args.batches:

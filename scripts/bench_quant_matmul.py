@@ -110,6 +110,8 @@ def main():
     ap.add_argument("--bits", type=int, nargs="+", default=[8], choices=[8, 4],
                     help="code widths (4: int4 in groups of --group-size rows)")  # fmt: skip
     ap.add_argument("--group-size", type=int, default=128, help="input rows per scale of the 4-bit codes")
+    ap.add_argument("--int8-group-size", type=int, default=None,
+                    help="int8 codes in groups of this many rows (GGUF's Q8_0: 32) instead of per-channel scales")
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="default: bf16 on GPU/TPU")
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--layers", type=int, default=None,
@@ -137,12 +139,13 @@ def main():
     rng = np.random.RandomState(0)
     ws = [jnp.asarray(rng.standard_normal((args.k, args.n)) * 0.02, jnp.float32) for _ in range(layers)]
     wf = [w.astype(dtype) for w in ws]
-    specs = {bits: quant.QuantSpec(bits, None if bits == 8 else args.group_size) for bits in args.bits}
+    specs = {bits: quant.QuantSpec(bits, args.int8_group_size if bits == 8 else args.group_size) for bits in args.bits}
     quantized = {bits: [quant.quantize_kernel(w, spec, lead=0, n_in=1) for w in ws] for bits, spec in specs.items()}
     del ws
     print(f"# {jax.devices()[0].device_kind} ({platform}), jax {jax.__version__}: x [M, {args.k}] @ W [{args.k}, "
           f"{args.n}] for {layers} different weights in one program (ms per product), activations {dtype.name}; "
-          f"int8: per-channel codes, int4: groups of {args.group_size} rows; median of {args.repeats}")  # fmt: skip
+          f"int8: {'per-channel codes' if args.int8_group_size is None else f'groups of {args.int8_group_size} rows'}, "
+          f"int4: groups of {args.group_size} rows; median of {args.repeats}")  # fmt: skip
 
     def over_layers(product):  # one program applying the product to each layer's weight (like a decode step)
         return jax.jit(lambda x, *ws: sum(product(x, *w) for w in zip(*ws)))
@@ -193,7 +196,7 @@ def main():
                 mode_spec = dataclasses.replace(spec, compute=mode)
                 fn = over_layers(lambda x, c, s, mode_spec=mode_spec: quant.matmul(x, c, s, None, mode_spec, dtype))
                 runs[tag + mode] = (fn, (x, codes, scales), q_bytes)
-            if bits == 8:
+            if bits == 8 and args.int8_group_size is None:
                 runs["scale_after"] = (over_layers(scale_after), (x, codes, scales), q_bytes)
         base = None
         for label, (fn, fargs, nbytes) in runs.items():

@@ -8,7 +8,8 @@
 #                                                   # gpu-check/); the stages named, or the default set
 #   QUICK=1 bash scripts/gpu_check.sh               # fewer repeats (a re-run on a tight budget)
 # Stages (default set first): kernels attention generate generate_1b decode quant_matmul | tune attention_f32
-# generate_int8 generate_f32 | quant_kernels quant_pallas quant_tune generate_quant (the Pallas quantized matmul)
+# generate_int8 generate_f32 | quant_kernels quant_pallas quant_tune quant_rows quant_q8 generate_quant (the Pallas
+# quantized matmul; generate_quant reads GEN_NEW and ATTN_IMPL)
 #
 # jaxformers runs from this checkout without an install (a `jaxformers/kernels` link to `kernels/` is made, as the
 # package-dir mapping of an install would). If the machine's flax/optax/orbax/chex fail to import jaxformers, wheels
@@ -85,8 +86,12 @@ run_stage() {
     quant_pallas) stage quant_pallas 80 "$PY" scripts/bench_quant_matmul.py --rows 1 8 64 --bits 8 4 \
       --repeats 20 ;;
     quant_tune) stage quant_tune 100 "$PY" scripts/bench_quant_matmul.py --tune --rows 1 --bits 8 4 --repeats 20 ;;
+    quant_rows) stage quant_rows 60 "$PY" scripts/bench_quant_matmul.py --rows 16 32 --bits 8 4 --repeats 50 ;;
+    quant_q8) stage quant_q8 60 "$PY" scripts/bench_quant_matmul.py --rows 1 8 64 --bits 8 --int8-group-size 32 \
+      --repeats 50 ;;
     generate_quant) stage generate_quant 170 "$PY" scripts/bench_generate.py --dtype bfloat16 --bandwidth \
-      --models llama-1b --batches 1 --quant int8 int4 --quant-compute auto weight_only --no-torch --repeats 2 ;;
+      --models llama-1b --batches 1 --quant int8 int4 --quant-compute auto weight_only --no-torch --repeats 2 \
+      --new "${GEN_NEW:-128}" --attn-impl "${ATTN_IMPL:-auto}" ;;
     # float32 at full precision on both sides: tokens must agree (bf16 greedy on random weights diverges at ties)
     generate_f32) JAX_DEFAULT_MATMUL_PRECISION=highest stage generate_f32 60 "$PY" scripts/bench_generate.py \
       --dtype float32 --models gpt2 llama --batches 8 --new 32 --repeats 1 ;;

@@ -29,7 +29,8 @@ sys.argv = args
 runpy.run_path(args[0], run_name="__main__")
 """
 STAGES = ["kernels", "attention", "generate", "generate_1b", "decode", "quant_matmul", "tune", "attention_f32",
-          "generate_int8", "generate_f32", "quant_kernels", "quant_pallas", "quant_tune", "generate_quant"]  # fmt: skip
+          "generate_int8", "generate_f32", "quant_kernels", "quant_pallas", "quant_tune", "quant_rows", "quant_q8",
+          "generate_quant"]  # fmt: skip
 
 
 def test_every_stage_parses_its_arguments(tmp_path):

@@ -361,7 +361,8 @@ def _layer_values(x: jax.Array, n: int) -> tuple[list[jax.Array], bool]:
     On one CPU device they are: numpy's view of the buffer, sliced and handed back to the same device, is aliased
     by XLA:CPU without a copy (the stacked buffer then lives as long as any of its slices). Elsewhere, copies."""
     if _host_views(x):
-        host, device = np.asarray(x), next(iter(x.sharding.device_set))
+        # committed to the device only if `x` is: a jitted call's cache key tells committed arrays from others
+        host, device = np.asarray(x), next(iter(x.sharding.device_set)) if x.committed else None
         return [jax.device_put(host[i], device) for i in range(n)], True
     return [x[i] for i in range(n)], False
 
@@ -407,7 +408,10 @@ def _unstack_in_place(parent: nnx.Module, name: str, out_first: bool | None, rel
         for i in range(n):
             per_layer[i].append((path, _with_value(var, parts[i], perm, drop_layers=True)))
         reuse = views and perm is None
-        sharding = None if isinstance(value, jax.core.Tracer) else value.sharding  # (laid out inside a trace)
+        # put back as it came: committed to its sharding, or not (a jitted call's cache key tells the two apart, so
+        # an uncommitted array put back committed would recompile every program of the model's next call)
+        committed = not isinstance(value, jax.core.Tracer) and value.committed  # (laid out inside a trace: no)
+        sharding = value.sharding if committed else None
         kept.append((path, var, sharding,
                      (weakref.ref(value), tuple(map(weakref.ref, parts))) if reuse else None))  # fmt: skip
         del var, value, parts
