@@ -1,9 +1,12 @@
-"""Pallas kernels for jaxformers (installed as `jaxformers.kernels`): attention for TPU (Mosaic) and GPU (Triton).
+"""Pallas kernels for jaxformers (installed as `jaxformers.kernels`): attention for TPU (Mosaic) and GPU (Triton),
+and the GPU quantized matmul.
 
 One family per file and backend, each ending with its pure-JAX `reference`:
   flash_attention_tpu.py, flash_attention_gpu.py    training / prefill attention, forward + backward
   decode_attention_tpu.py, decode_attention_gpu.py  a few new queries against a KV cache (split-K)
-Models never import this package: `jaxformers.core.attention.dot_product_attention` dispatches to it.
+  quant_matmul_gpu.py                               weight-only int8 / 4-bit products, dequantized in registers
+Models never import this package: `jaxformers.core.attention.dot_product_attention` and `jaxformers.core.quant.matmul`
+dispatch to it.
 """
 
 from __future__ import annotations

@@ -234,8 +234,10 @@ def test_generation_and_cached_decoding_equal_the_full_forward(tiny_hf):
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("config", [QuantizationConfig(bits=8, compute="pallas"),
-                                    QuantizationConfig(bits=4, group_size=32, compute="pallas")], ids=["int8", "int4"])
+PALLAS_CONFIGS = [QuantizationConfig(bits=8, compute="pallas"), QuantizationConfig(bits=4, group_size=32, compute="pallas")]
+
+
+@pytest.mark.parametrize("config", PALLAS_CONFIGS, ids=["int8", "int4"])
 def test_pallas_compute_runs_the_kernel_with_the_weight_only_numbers(int4_llama, config):
     """compute="pallas" (the GPU decoding default; interpreted here) puts every block product of a model through
     the Pallas kernel, gives the weight-only logits (same weights; float32 sums in another order), and `generate`

@@ -26,10 +26,10 @@ Compute (`QuantSpec.compute`), measured on XLA:CPU (jax 0.10; BENCHMARKS.md, "Qu
       int4 dot, and converting `jnp.int4` arrays (which it does store packed) ran about 2x slower than these shifts.
   "pallas": weight-only in registers: the Pallas GPU kernel `jaxformers.kernels.quant_matmul_gpu` reads the codes
       tile by tile, dequantizes them in registers and never writes float weights (interpreted, slowly, on CPU;
-      "weight_only" on TPU, where the kernel has no tiles for the shapes, for a transposed table, or under a multi-device
-      mesh, which cannot partition a kernel call).
+      "weight_only" on TPU, where the kernel has no tiles for the shapes, for a transposed table, or under a
+      multi-device mesh, which cannot partition a kernel call).
   "auto": "int8" on CPU; elsewhere "weight_only", except on GPUs for products of at most `GPU_KERNEL_MAX_ROWS` rows
-      (decoding), which take "pallas".
+      (decoding) of grouped or 4-bit codes, which take "pallas" (1.4-1.75x XLA's form on an H200, see below).
 Measured on an NVIDIA H200 (jax 0.11.2, `scripts/bench_quant_matmul.py`, BENCHMARKS.md): XLA:GPU does not fuse the
 dequantization `code * scale` into the product either (a separate fusion writes the bf16 weight: 0.26-0.46x the
 speed of the bf16 product), but it does fuse a bare `convert` of the codes into its Triton GEMM. So on GPUs a
@@ -37,8 +37,11 @@ weight-only product of per-channel int8 codes (one group, no zero) runs as `(x @
 (`SCALE_AFTER_PLATFORMS`): the same function up to rounding (the codes are exact in bf16; the scale is applied to the
 product instead of the weight), reading the int8 codes directly, 0.66x the bf16 product's speed with one row and
 0.99-1.01x with 8 or 64 (a 16-layer program of [M, 2048] x [2048, 5632] products). Grouped and 4-bit codes keep the
-dequantize-then-dot form there. No XLA formulation measured beats the bf16 product on that GPU, so int8 there saves
-memory, not time; "int8" compute was 0.38-0.53x.
+dequantize-then-dot form in XLA. No XLA formulation measured beats the bf16 product on that GPU, so int8 there saves
+memory, not time; "int8" compute was 0.38-0.53x. For grouped and 4-bit codes the Pallas kernel ("pallas") reads the
+codes and dequantizes in registers: 1.4-1.75x XLA's form at 1-32 rows, about the bf16 product's speed with a quarter
+of its bytes (the products of a 1.1B model's shapes are latency-bound there, not bandwidth-bound); per-channel int8
+stays on XLA's scale-after form, which the kernel only ties at one row (`GPU_KERNEL_MAX_ROWS`).
 """
 
 from __future__ import annotations
@@ -57,9 +60,12 @@ COMPUTE_MODES = ("auto", "weight_only", "int8", "pallas")
 # Backends where weight-only products of per-channel int8 codes apply the scale after the product (module docstring).
 SCALE_AFTER_PLATFORMS = ("gpu",)
 # "auto" on a GPU sends products of at most this many rows (decoding: one row per sequence) to the Pallas kernel
-# `jaxformers.kernels.quant_matmul_gpu`; longer ones (prefill, training) keep XLA's dequantize-then-GEMM, which is
-# compute-bound there. PROVISIONAL until measured on a GPU (scripts/bench_quant_matmul.py, BENCHMARKS.md).
-GPU_KERNEL_MAX_ROWS = 64
+# `jaxformers.kernels.quant_matmul_gpu`, except per-channel int8 codes, whose `(x @ codes) * scale` form XLA already
+# runs from the int8 codes. Measured on an NVIDIA H200 (jax 0.11.2, `scripts/bench_quant_matmul.py`, 16 different
+# [2048, 5632] weights per program, bf16 activations; BENCHMARKS.md): int4 in groups of 128 ran 1.55 / 1.41 / 1.37 /
+# 1.38 / 0.95x XLA's dequantize-then-GEMM at 1 / 8 / 16 / 32 / 64 rows, int8 in groups of 32 (GGUF's Q8_0) 1.75 /
+# 1.51 / 1.00x at 1 / 8 / 64; per-channel int8 0.99x at 1 row and 0.55-0.72x at 8-32 against the scale-after form.
+GPU_KERNEL_MAX_ROWS = 32
 
 
 @dataclass(frozen=True)
@@ -289,15 +295,19 @@ def matmul(x, codes, scale, zero, spec: QuantSpec, dtype, transposed: bool = Fal
 
 def _use_kernel(mode: str, spec: QuantSpec, rows: int, codes, scale, transposed: bool) -> bool:
     """Whether this product runs in the Pallas kernel: compute "pallas" (on a GPU; interpreted on CPU; not on TPU), or
-    "auto" on a GPU for at most `GPU_KERNEL_MAX_ROWS` rows; never for a transposed table, shapes the kernel has no
-    tiles for, or under a mesh of several devices (XLA cannot partition a kernel call: it would gather the weights)."""
+    "auto" on a GPU for at most `GPU_KERNEL_MAX_ROWS` rows of codes other than per-channel int8; never for a
+    transposed table, shapes the kernel has no tiles for, or under a mesh of several devices (XLA cannot partition a
+    kernel call: it would gather the weights)."""
     if transposed or mode not in ("pallas", "weight_only") or (mode == "weight_only" and spec.compute != "auto"):
         return False
     from jaxformers.core import attention
 
     platform = attention.target_platform()
-    if platform not in ("gpu", "cpu") or (mode == "weight_only" and (platform != "gpu" or rows > GPU_KERNEL_MAX_ROWS)):
+    if platform not in ("gpu", "cpu"):
         return False  # a Triton kernel: TPUs keep XLA's form
+    if mode == "weight_only" and (platform != "gpu" or rows > GPU_KERNEL_MAX_ROWS or _scale_after_form(spec, scale,
+                                                                                                        transposed)):
+        return False
     mesh = attention._active_mesh()
     if mesh is not None and mesh.size > 1:
         return False
@@ -314,6 +324,11 @@ def _kernel_matmul(x, codes, scale, zero, spec: QuantSpec) -> jax.Array:
     interpret = attention.target_platform() != "gpu"
     return quant_matmul_gpu.quant_matmul(x, codes, scale, zero, bits=spec.bits, unsigned=spec.unsigned,
                                          interpret=interpret)  # fmt: skip
+
+
+def _scale_after_form(spec: QuantSpec, scale, transposed: bool) -> bool:
+    """Whether codes admit the `(x @ codes) * scale` form: per-channel int8 (one group, no zero, not transposed)."""
+    return spec.bits == 8 and not spec.zero and scale.shape[0] == 1 and not transposed
 
 
 def _scale_after(codes, scale, zero, spec: QuantSpec, transposed: bool) -> bool:

@@ -128,6 +128,12 @@ def test_core_quant_dispatch(monkeypatch):
     assert use("weight_only", auto, quant.GPU_KERNEL_MAX_ROWS, codes, scale, False)
     assert not use("weight_only", auto, quant.GPU_KERNEL_MAX_ROWS + 1, codes, scale, False)  # prefill: XLA
     assert not use("weight_only", wo, 1, codes, scale, False)  # asked for XLA's form
+    q8 = quant.QuantSpec(8, None, compute="auto")
+    c8, s8 = quant.quantize_kernel(jnp.ones((256, 64)), q8, lead=0, n_in=1)
+    assert not use("weight_only", q8, 1, c8, s8, False)  # per-channel int8: XLA's scale-after form reads the codes
+    q8g = quant.QuantSpec(8, 32, compute="auto")
+    c8g, s8g = quant.quantize_kernel(jnp.ones((256, 64)), q8g, lead=0, n_in=1)
+    assert use("weight_only", q8g, 1, c8g, s8g, False)  # grouped int8 (GGUF's Q8_0): the kernel
     c16, s16 = quant.quantize_kernel(jnp.ones((64, 32)), quant.QuantSpec(4, 16), lead=0, n_in=1)
     assert not use("weight_only", quant.QuantSpec(4, 16), 1, c16, s16, False)  # no tiles: XLA
     monkeypatch.setattr(attention, "_active_mesh", lambda: _Mesh())
