@@ -25,8 +25,10 @@ from jaxformers.core.sharding import DP, FSDP, FSDP_TP, REPLICATED, TP, make_mes
 from jaxformers.loading import load, save_checkpoint, save_pretrained
 from jaxformers.core.quant import QuantizationConfig, quantize
 from jaxformers.core import compile_cache as _compile_cache
+from jaxformers.core.host_memory import configure as _configure_host_memory, retain_host_memory
 
 _compile_cache.configure()  # JAX's persistent compilation cache, per user (JAXFORMERS_COMPILE_CACHE=0 turns it off)
+_configure_host_memory()  # JAXFORMERS_RETAIN_HOST_MEMORY=1: glibc keeps freed memory (XLA:CPU steps stop faulting)
 
 
 def __getattr__(name):
@@ -102,6 +104,7 @@ __all__ = [
     "make_mesh",
     "preflight",
     "pure",
+    "retain_host_memory",
     "save_checkpoint",
     "save_pretrained",
     "set_seed",

@@ -4,6 +4,7 @@ in transformers/PyTorch, in the same run.
     python scripts/bench_train.py                         # BERT-base (random weights), batch 8 x 128, fp32
     python scripts/bench_train.py --scan-layers           # layers under lax.scan (jaxformers' default layout)
     python scripts/bench_train.py --skip-torch --profile  # also: where jaxformers' step spends its time, by op kind
+    python scripts/bench_train.py --no-retain-host-memory # glibc's default malloc (see below)
     python scripts/bench_train.py --layers 1 --hidden 32 --batch 2 --seq 8 --repeats 3 --json out.json  # smoke run
 
 Both frameworks run the same model (the bert-base-uncased config built locally, random weights, 2 labels) in
@@ -13,7 +14,10 @@ PyTorch runs twice: its default AdamW and `fused=True`. jaxformers runs its laye
 faster. Timed rounds interleave the three, so they share the same
 machine state; each reports the median (and minimum) of `--repeats` steps after `--warmup` steps. jaxformers'
 compile time (tracing, lowering, XLA compilation) is measured separately and is not in the step times. XLA:CPU
-flags are read from the XLA_FLAGS environment variable as usual. Prints a table and the ratio (PyTorch time /
+flags are read from the XLA_FLAGS environment variable as usual. As the training entry points do, the script first
+calls `jaxformers.core.host_memory.retain_host_memory()` (glibc keeps freed memory, so XLA:CPU's per-step block of
+temporaries stops page-faulting); the setting is process-wide, so PyTorch runs under it too, and the table reports
+each implementation's page faults per step. Prints a table and the ratio (PyTorch time /
 jaxformers time: above 1 means jaxformers is faster); `--json PATH` also writes the numbers.
 """
 
@@ -65,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-donate", action="store_true", help="jaxformers: do not donate the input state's buffers")
     ap.add_argument("--no-dropout", action="store_true", help="both: dropout off (rates 0), as in eval mode")
     ap.add_argument("--skip-torch", action="store_true", help="time jaxformers only (no ratio)")
+    ap.add_argument("--no-retain-host-memory", action="store_true",
+                    help="leave glibc's malloc as it is (freed blocks go back to the OS: XLA:CPU steps page-fault)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     ap.add_argument("--profile", action="store_true",
                     help="after timing, trace 2 jaxformers steps (jax.profiler) and print time per XLA op kind")
@@ -140,17 +146,26 @@ def torch_steps(path: str, batch: dict):
     return steps, eval_loss
 
 
-def timed(fn, n: int) -> list[float]:
+def timed(fn, n: int, faults: list[int] | None = None) -> list[float]:
+    """Wall seconds of `n` calls of `fn`; appends each call's minor page faults to `faults` when given."""
+    import resource
+
     times = []
     for _ in range(n):
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
+        if faults is not None:
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     return times
 
 
 def main(argv: list[str] | None = None):
     args = parse_args(argv)
+    from jaxformers.core.host_memory import retain_host_memory
+
+    retained = False if args.no_retain_host_memory else retain_host_memory()
     import jax
     import numpy as np
 
@@ -174,16 +189,18 @@ def main(argv: list[str] | None = None):
     for fn in impls.values():
         timed(fn, args.warmup)
     times = {name: [] for name in impls}
+    faults = {name: [] for name in impls}
     rounds = max(1, args.repeats // 5)
     for r in range(rounds):  # interleaved, so every implementation sees the same machine state
         per_round = args.repeats // rounds + (r < args.repeats % rounds)
         for name, fn in impls.items():
-            times[name] += timed(fn, per_round)
+            times[name] += timed(fn, per_round, faults[name])
 
     gflop = train_flops(cfg, args.batch, args.seq) / 1e9
     result = {"batch": args.batch, "seq": args.seq, "layers": args.layers, "hidden": args.hidden,
               "scan_layers": args.scan_layers, "remat": args.remat, "donate": not args.no_donate,
-              "dropout": not args.no_dropout, "compile_s": compile_s,
+              "dropout": not args.no_dropout, "compile_s": compile_s, "retain_host_memory": retained,
+              "page_faults_per_step": {k: statistics.median(v) for k, v in faults.items()},
               "median_s": {k: statistics.median(v) for k, v in times.items()},
               "min_s": {k: min(v) for k, v in times.items()}, "gflop_per_step": gflop,
               "eval_loss": {"jaxformers": ours_eval, "pytorch": theirs_eval}}  # fmt: skip
@@ -199,9 +216,11 @@ def main(argv: list[str] | None = None):
     print(f"  jax {jax.__version__} devices: {jax.devices()}" +
           ("" if args.skip_torch else f", torch {torch.__version__} threads: {torch.get_num_threads()}"))
     print(f"  jaxformers: scan_layers={args.scan_layers} remat={args.remat} donate={not args.no_donate}")
-    print(f"  {'impl':<22}{'median ms':>11}{'min ms':>9}{'GFLOP/s':>9}")
+    print(f"  host memory: {'retained (glibc keeps freed memory)' if retained else 'glibc defaults'}")
+    print(f"  {'impl':<22}{'median ms':>11}{'min ms':>9}{'GFLOP/s':>9}{'faults/step':>13}")
     for name in impls:
-        print(f"  {name:<22}{med[name] * 1e3:>11.1f}{result['min_s'][name] * 1e3:>9.1f}{gflop / med[name]:>9.1f}")
+        print(f"  {name:<22}{med[name] * 1e3:>11.1f}{result['min_s'][name] * 1e3:>9.1f}{gflop / med[name]:>9.1f}"
+              f"{result['page_faults_per_step'][name]:>13.0f}")
     if not args.skip_torch:
         print(f"  ratio (pytorch fused AdamW time / jaxformers time): {result['ratio_fused']:.3f}")
         print(f"  ratio (pytorch AdamW time / jaxformers time): {result['ratio_default']:.3f}")

@@ -305,6 +305,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None):
     args = parse_args(argv)
+    from jaxformers.core.host_memory import retain_host_memory
+
+    retain_host_memory(warn=False)  # both frameworks' steps stop page-faulting (jaxformers.core.host_memory)
     data = load_sentences(args.n_train, args.n_test, args.validation)
     where = f"validation ({args.validation} of the training sentences)" if args.validation else "held-out"
     print(f"Rotten Tomatoes sentiment, all-MiniLM-L6-v2 + new 2-way head: {len(data[0])} training sentences, "

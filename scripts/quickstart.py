@@ -161,6 +161,10 @@ def main():
                     help="sentences to fine-tune on when building it (default 7530, ~2 minutes; fewer: faster, worse)")
     ap.add_argument("--no-sentiment", action="store_true", help="skip the sentiment part (and its fine-tuning)")
     args = ap.parse_args()
+    if not args.no_sentiment:  # it may fine-tune: glibc keeps freed memory (jaxformers.core.host_memory)
+        from jaxformers.core.host_memory import retain_host_memory
+
+        retain_host_memory(warn=False)
     embeddings_demo(args.sentences or DEFAULT_SENTENCES, args.model)
     if not args.no_chat:
         chat_demo(args.question, args.max_new_tokens)

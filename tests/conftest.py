@@ -17,6 +17,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # default of a thread per core spins while it waits, crowding the other worker out (tests/models with `-n 2`: 151.8 s
 # with the default, 129.6 s with one thread). Test subprocesses inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# glibc's malloc as it comes in every test process: the training entry points (`jaxformers train`, the fine-tune
+# script) would otherwise switch a worker to keeping freed memory when one of them happens to be the worker's first
+# computation, and two workers holding their peaks at once is memory CI does not have. tests/test_host_memory.py
+# turns it on in the processes it starts.
+os.environ.setdefault("JAXFORMERS_RETAIN_HOST_MEMORY", "0")
 # One persistent compilation cache for the whole run, never the user's: a fresh folder made by the first process that
 # imports this file (pytest itself, or its xdist controller) before any worker or test subprocess starts, so the
 # workers and every process a test starts (scripts, notebooks, README blocks) inherit it through the environment and

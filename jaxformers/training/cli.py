@@ -79,6 +79,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Train as the arguments say; 0 on success, 1 after printing a one-line error."""
+    from jaxformers.core.host_memory import retain_host_memory
+
+    retain_host_memory(warn=False)  # before any computation: XLA:CPU steps stop page-faulting (core.host_memory)
     try:
         summary = _train(args)
     except Exception as e:
