@@ -58,14 +58,24 @@ def kernel_dir(tmp_path_factory) -> Path:
 
 def kernel_env(devices: int | None) -> dict[str, str]:
     """This process's environment with the small-settings switch and exactly the requested simulated devices (the
-    sharding tests' conftest may have put a device count into XLA_FLAGS of this process)."""
+    sharding tests' conftest may have put a device count into XLA_FLAGS of this process), and XLA's default code
+    generation (without the suite's compile-fast flags, tests/conftest.py): a notebook runs as a user runs it."""
     env = dict(os.environ, JAXFORMERS_NOTEBOOK_SMALL="1", JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false")  # fmt: skip
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(DEVICE_FLAG)]
+    suite_only = set(env.get("JAXFORMERS_TEST_XLA_FLAGS", "").split())
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(DEVICE_FLAG) and f not in suite_only]
     if devices is not None:
         flags.append(f"{DEVICE_FLAG}={devices}")
     env["XLA_FLAGS"] = " ".join(flags)
     return env
+
+
+def test_kernels_get_xla_defaults_and_only_the_devices_asked_for(monkeypatch):
+    suite_only = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+    monkeypatch.setenv("JAXFORMERS_TEST_XLA_FLAGS", suite_only)
+    monkeypatch.setenv("XLA_FLAGS", f"{DEVICE_FLAG}=8 --xla_cpu_enable_fast_math=false {suite_only}")
+    assert kernel_env(None)["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false"
+    assert kernel_env(2)["XLA_FLAGS"] == f"--xla_cpu_enable_fast_math=false {DEVICE_FLAG}=2"
 
 
 def execute(path: Path, kernel_dir: Path, workdir: Path, devices: int | None):
