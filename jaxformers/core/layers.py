@@ -6,6 +6,7 @@ Numerics follow PyTorch/HF: LayerNorm and RMSNorm compute in float32 and cast ba
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from collections.abc import Callable, Sequence
@@ -317,9 +318,10 @@ def _with_value(var: nnx.Variable, value, perm: tuple[int, ...] | None = None, d
     return out
 
 
-def set_kernel_layout(model: nnx.Module, out_first: bool) -> nnx.Module:
+def set_kernel_layout(model: nnx.Module, out_first: bool, keep_order: Sequence[nnx.Module] = ()) -> nnx.Module:
     """Store every `Dense` kernel of `model` as `[*out, *in]` (`out_first=True`) or `[*in, *out]`, in place, one
-    kernel at a time (the model releases each old kernel as soon as its transpose exists).
+    kernel at a time (the model releases each old kernel as soon as its transpose exists); kernels inside the
+    submodules `keep_order` keep theirs.
 
     Same numbers, different memory order: on XLA:CPU a one-row product (batch-1 decoding) streams `[out, in]` rows
     about 25% faster, while skinny multi-row products prefer `[in, out]` (scripts/bench_generate.py, BENCHMARKS.md).
@@ -327,16 +329,23 @@ def set_kernel_layout(model: nnx.Module, out_first: bool) -> nnx.Module:
     `canonical_layout` orders them back. Quantized kernels keep their layout (`core.quant.matmul` reads `[in, out]`
     codes as fast).
     """
+    keep = {id(m) for k in keep_order for _, m in nnx.iter_modules(k)}
     for _, module in list(nnx.iter_modules(model)):
-        perm = _kernel_perm(module, out_first)
-        if perm is not None:
-            var = module.kernel  # changed in place: a reference to the Variable stays attached to the model
-            axes = var.get_metadata().get("axes")
-            var.set_value(jnp.transpose(var[...], perm))
-            if axes:
-                var.set_metadata(axes=tuple(axes[i] for i in perm))
-            _set_out_first(module, out_first)
+        if id(module) not in keep:
+            _order_kernel(module, out_first)
     return model
+
+
+def _order_kernel(module: nnx.Module, out_first: bool) -> None:
+    """Store `module`'s kernel `[*out, *in]` or `[*in, *out]` (`set_kernel_layout`), where it is a float `Dense`."""
+    perm = _kernel_perm(module, out_first)
+    if perm is not None:
+        var = module.kernel  # changed in place: a reference to the Variable stays attached to the model
+        axes = var.get_metadata().get("axes")
+        var.set_value(jnp.transpose(var[...], perm))
+        if axes:
+            var.set_metadata(axes=tuple(axes[i] for i in perm))
+        _set_out_first(module, out_first)
 
 
 def _set_out_first(module: Dense, out_first: bool) -> None:
@@ -363,7 +372,7 @@ def _layer_values(x: jax.Array, n: int) -> tuple[list[jax.Array], bool]:
     if _host_views(x):
         # committed to the device only if `x` is: a jitted call's cache key tells committed arrays from others
         host, device = np.asarray(x), next(iter(x.sharding.device_set)) if x.committed else None
-        return [jax.device_put(host[i], device) for i in range(n)], True
+        return jax.device_put([host[i] for i in range(n)], device), True
     return [x[i] for i in range(n)], False
 
 
@@ -383,13 +392,19 @@ def _unstack_in_place(parent: nnx.Module, name: str, out_first: bool | None, rel
     meanwhile. Without it nothing of the original block is modified; its arrays stay alive while it is held."""
     stacked = getattr(parent, name)
     n = stacked.n
-    perms = {}
+    perms, flipped = {}, []
     if out_first is not None:
         for path, module in nnx.iter_modules(stacked.block):
             perm = _kernel_perm(module, out_first)
             if perm is not None:  # per layer: without the leading layers axis
                 perms[(*path, "kernel")] = tuple(i - 1 for i in perm[1:])
+                flipped.append((module, module.out_first))
+    # the layers' graph: the block's, with the reordered kernels' `out_first` (set on the block only meanwhile)
+    for module, _ in flipped:
+        _set_out_first(module, out_first)
     graphdef, state = nnx.split(stacked.block)
+    for module, was in flipped:
+        _set_out_first(module, was)
     flat = list(nnx.to_flat_state(state))  # the block's own Variable objects
     del state
     delattr(parent, name)  # `stacked` and its block stay, detached: the restore puts them back as they were
@@ -401,44 +416,48 @@ def _unstack_in_place(parent: nnx.Module, name: str, out_first: bool | None, rel
         value = var.get_value()
         if release:  # the block's reference to the stacked array, dropped (its Variable is refilled on restore)
             var.set_value(np.zeros((), var.dtype))
-        parts, views = _layer_values(value, n)
         perm = perms.get(path)
-        if perm is not None:
-            parts = [jnp.transpose(p, perm) for p in parts]
+        if perm is not None:  # the whole stack transposed at once (then sliced into views, where it can be)
+            value = _transpose(value, (0, *(i + 1 for i in perm)))
+        parts, views = _layer_values(value, n)
         for i in range(n):
             per_layer[i].append((path, _with_value(var, parts[i], perm, drop_layers=True)))
-        reuse = views and perm is None
+        reuse = views
         # put back as it came: committed to its sharding, or not (a jitted call's cache key tells the two apart, so
         # an uncommitted array put back committed would recompile every program of the model's next call)
         committed = not isinstance(value, jax.core.Tracer) and value.committed  # (laid out inside a trace: no)
         sharding = value.sharding if committed else None
-        kept.append((path, var, sharding,
+        kept.append((path, var, sharding, perm,
                      (weakref.ref(value), tuple(map(weakref.ref, parts))) if reuse else None))  # fmt: skip
         del var, value, parts
     layers = [nnx.merge(graphdef, nnx.from_flat_state(items)) for items in per_layer]
     del per_layer
-    for layer in layers:
-        for path, module in nnx.iter_modules(layer):
-            if (*path, "kernel") in perms:
-                _set_out_first(module, out_first)
     setattr(parent, name, Unstacked(layers))
     del layers
 
     def restore() -> None:
         unstacked = getattr(parent, name)
         flats = [dict(nnx.to_flat_state(nnx.state(layer))) for layer in unstacked.blocks]
+        # per layer, the transpose taking each float kernel stored `[*out, *in]` back to `[*in, *out]`
+        back = [{(*p, "kernel"): perm for p, m in nnx.iter_modules(layer)
+                 if (perm := _kernel_perm(m, out_first=False)) is not None} for layer in unstacked.blocks]  # fmt: skip
         delattr(parent, name)
         del unstacked
-        for path, var, sharding, reusable in kept:
+        for path, var, sharding, perm, reusable in kept:
             current = [f[path] for f in flats]
             value = None if reusable is None else reusable[0]()  # alive while any of its views is
-            if value is None or any(v.get_value() is not r() for v, r in zip(current, reusable[1])):
-                # stack again, releasing each per-layer array once it has been copied
+            if value is not None and all(v.get_value() is r() for v, r in zip(current, reusable[1])):
+                if perm is not None:  # the stack these views slice, transposed back at once
+                    value = _transpose(value, (0, *(int(i) + 1 for i in np.argsort(perm))))
+            else:
+                # stack again (kernels back in `[*in, *out]` order) in one compiled program, the model releasing
+                # each per-layer array as it is handed over
                 parts = []
                 for v in current:
                     parts.append(v.get_value())
                     v.set_value(np.zeros((), v.dtype))
-                value = jnp.stack(parts) if sharding is None else jax.device_put(jnp.stack(parts), sharding)
+                value = _stack_transposed(tuple(parts), tuple(b.get(path) for b in back))
+                value = value if sharding is None else jax.device_put(value, sharding)
                 del parts
             var.set_value(value)  # the original Variable objects: references users hold stay attached
             del current, value
@@ -448,13 +467,29 @@ def _unstack_in_place(parent: nnx.Module, name: str, out_first: bool | None, rel
     return restore
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _transpose(x: jax.Array, perm: tuple[int, ...]) -> jax.Array:
+    """`jnp.transpose(x, perm)` of a whole stacked `[L, ...]` array: XLA:CPU splits one large transpose over its
+    threads (~16 GB/s read + write on 2 cores of an AMD EPYC, against ~8 GB/s for the same bytes as L per-layer
+    transposes), and on one CPU device the layers are then views of its buffer (`_layer_values`)."""
+    return jnp.transpose(x, perm)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _stack_transposed(parts: tuple[jax.Array, ...], perms: tuple[tuple[int, ...] | None, ...]) -> jax.Array:
+    """`stack(parts)`, each part first transposed by its entry of `perms` (None: as it is), in one program."""
+    return jnp.stack([p if perm is None else jnp.transpose(p, perm) for p, perm in zip(parts, perms)])
+
+
 # model -> the functions (last first) that restore its original layout, for models `decode_layout` laid out
 _LAID_OUT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def decode_layout(model: nnx.Module, *, out_first: bool | None, release: bool = False) -> nnx.Module:
+def decode_layout(model: nnx.Module, *, out_first: bool | None, release: bool = False,
+                  keep_order: Sequence[nnx.Module] = ()) -> nnx.Module:  # fmt: skip
     """Lay `model` out for a decode loop, in place, and return it: every `Stacked` becomes `Unstacked` (per-layer
-    arrays, run unrolled: `scan` flags off) and, unless `out_first` is None, every float `Dense` kernel is stored
+    arrays, run unrolled: `scan` flags off) and, unless `out_first` is None, every float `Dense` kernel outside the
+    submodules `keep_order` (an encoder-decoder's encoder, which runs once per call on many rows) is stored
     `[*out, *in]` (`out_first=True`) or `[*in, *out]`. The layout stays until `canonical_layout(model)`; calling
     again only reorders kernels as `out_first` asks. `release`: empty the stacked arrays' Variables instead of
     leaving them holding the arrays (see `_unstack_in_place`; only when a restore is certain).
@@ -467,17 +502,37 @@ def decode_layout(model: nnx.Module, *, out_first: bool | None, release: bool = 
     whatever reads parameters by path (saving, training, adapters). Arrays held outside the model (an earlier
     `nnx.split`) are never modified: they stay alive, so their memory is not freed.
     """
-    if model not in _LAID_OUT:
-        # parents only: a list holding the `Stacked` modules would keep their arrays alive while they are replaced
-        targets = [(m, k) for _, m in nnx.iter_modules(model) for k, v in vars(m).items() if isinstance(v, Stacked)]
-        scanned = [m for _, m in nnx.iter_modules(model) if getattr(m, "scan", None) is True]
-        undo = [_unstack_in_place(parent, name, out_first, release) for parent, name in targets]
-        for module in scanned:
-            module.scan = False
-            undo.append(lambda m=module: setattr(m, "scan", True))
-        _LAID_OUT[model] = undo  # (holds submodules, never `model` itself: the entry goes when the model does)
-    if out_first is not None:  # kernels outside any stack (an untied LM head), or all of them on a later call
-        set_kernel_layout(model, out_first)
+    if model in _LAID_OUT:  # laid out already: only the kernels' order may change
+        if out_first is not None:
+            set_kernel_layout(model, out_first, keep_order)
+        return model
+    # one walk over the model (a graph walk costs ~0.1 ms per module): where the stacks are, which modules run
+    # scanned, which kernels lie outside any stack, and which lie in `keep_order`
+    walk = list(nnx.iter_modules(model))
+    stacks = [path for path, m in walk if isinstance(m, Stacked)]
+    kept_ids = {id(m) for m in keep_order}
+    kept_paths = [path for path, m in walk if id(m) in kept_ids]
+
+    def under(path, prefixes) -> bool:
+        return any(path[: len(p)] == p for p in prefixes)
+
+    # parents only: a list holding the `Stacked` modules would keep their arrays alive while they are replaced
+    targets = [(m, path, k) for path, m in walk for k, v in vars(m).items() if isinstance(v, Stacked)]
+    scanned = [m for _, m in walk if getattr(m, "scan", None) is True]
+    loose = [(m, under(path, kept_paths)) for path, m in walk if isinstance(m, Dense) and not under(path, stacks)]
+    del walk, stacks
+    undo: list[Callable[[], None]] = [lambda: [_order_kernel(m, False) for m, _ in loose]]  # undone last
+    undo += [_unstack_in_place(parent, name, None if under(path, kept_paths) else out_first, release)
+             for parent, path, name in targets]  # fmt: skip
+    del targets
+    for module in scanned:
+        module.scan = False
+        undo.append(lambda m=module: setattr(m, "scan", True))
+    _LAID_OUT[model] = undo  # (holds submodules, never `model` itself: the entry goes when the model does)
+    if out_first is not None:  # kernels outside any stack (an untied LM head)
+        for module, kept in loose:
+            if not kept:
+                _order_kernel(module, out_first)
     return model
 
 
@@ -488,10 +543,8 @@ def canonical_layout(model: nnx.Module) -> nnx.Module:
     One array at a time, as `decode_layout`: the peak is the weights plus one stacked array, and on one CPU device
     arrays whose layers were views of a stacked array (and were not replaced since) get that array back, no copy."""
     undo = _LAID_OUT.pop(model, None)
-    if undo is not None:
-        set_kernel_layout(model, out_first=False)  # checkpoint order, one kernel at a time
-        while undo:
-            undo.pop()()
+    while undo:  # stacked again with their kernels in checkpoint order; then the kernels outside any stack
+        undo.pop()()
     return model
 
 

@@ -15,6 +15,8 @@ The contract of a seq2seq class (declared `is_encoder_decoder = True`; the LM he
                        encoder_attention_mask=m)               # no cache: the whole decoder sequence at once
     out = model(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask)   # encode + decode
     out = model(input_ids, attention_mask, labels=labels)      # decoder inputs = shift_tokens_right(labels), as HF
+    model.get_encoder()                                        # the encoder module (generation keeps its kernels'
+                                                               # order: it runs once per call, on many rows)
 
 Decoder positions are slots (`cache.index + arange(T)`, as transformers' BART and T5 count them), not derived from
 the decoder mask: decoder inputs are right-padded (or unpadded) and start with `decoder_start_token_id`. The

@@ -17,6 +17,7 @@ import collections
 import concurrent.futures
 import functools
 import logging
+import weakref
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -525,16 +526,7 @@ def _check_memory(model, facts: _ModelFacts, bb: int, nb: int, tb: int, cache_le
     prefill's `bb`-row cache while it replicates it), the token history, and the prefill's attention intermediates
     (`preflight.estimate_attention_bytes` for the implementation that runs), one layer at a time. Model weights
     are already allocated, so they are not counted (the decode layout is made in place: no second copy)."""
-    if src is None:
-        leaves = jax.tree.leaves(jax.eval_shape(lambda: model.init_cache(bb * nb, cache_len)))
-    else:  # seq2seq: the cache also holds every decoder layer's cross-attention K/V over the source
-        src_shape = jax.ShapeDtypeStruct((bb * nb, src.shape[1]), jnp.int32)
-
-        def cache_shape(ids):
-            enc = model.encode(ids, jnp.ones(ids.shape, jnp.int32)).last_hidden_state
-            return model.init_cache(ids.shape[0], cache_len, enc, jnp.ones(ids.shape, jnp.int32))
-
-        leaves = jax.tree.leaves(jax.eval_shape(cache_shape, src_shape))
+    leaves = _cache_leaves(model, bb * nb, cache_len, None if src is None else src.shape[1])
     cache_bytes = sum(x.size * x.dtype.itemsize for x in leaves)
     if nb > 1:
         cache_bytes += cache_bytes // nb
@@ -568,6 +560,30 @@ def _check_memory(model, facts: _ModelFacts, bb: int, nb: int, tb: int, cache_le
             f"KV cache and token history ({sizes}): {fmt(held + attn_bytes / share)} in all, but only "
             f"{fmt(available)} is available {where}. Use a shorter prompt or a smaller batch{fix}"
         )
+
+
+# model -> {(rows, cache_len, source length): the cache's leaves as shapes}: tracing the cache (and, for seq2seq, the
+# encoder that feeds it) costs ~15 ms per call, and a model's cache sizes and dtype are fixed when it is built
+_CACHE_SHAPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _cache_leaves(model, rows: int, cache_len: int, src_len: int | None) -> list[jax.ShapeDtypeStruct]:
+    """The leaves of `model`'s KV cache for `rows` rows of `cache_len` slots (seq2seq: over a `src_len` source),
+    as shapes (traced once per model and size)."""
+    known = _CACHE_SHAPES.setdefault(model, {})
+    key = (rows, cache_len, src_len)
+    if key not in known:
+        if src_len is None:
+            shapes = jax.eval_shape(lambda: model.init_cache(rows, cache_len))
+        else:  # seq2seq: the cache also holds every decoder layer's cross-attention K/V over the source
+
+            def cache_shape(ids):
+                enc = model.encode(ids, jnp.ones(ids.shape, jnp.int32)).last_hidden_state
+                return model.init_cache(ids.shape[0], cache_len, enc, jnp.ones(ids.shape, jnp.int32))
+
+            shapes = jax.eval_shape(cache_shape, jax.ShapeDtypeStruct((rows, src_len), jnp.int32))
+        known[key] = jax.tree.leaves(shapes)
+    return known[key]
 
 
 def _prefill_attention(facts: _ModelFacts, kv, bb: int, tb: int, cache_len: int) -> tuple[int, str, str] | None:

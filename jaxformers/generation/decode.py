@@ -87,8 +87,9 @@ def decode_layout(model, *, rows: int, unroll: bool) -> None:
     In place rather than a copy, so generating holds one copy of the weights (`release=True`: the stacked arrays'
     Variables are emptied meanwhile); `generate` puts the checkpoint's layout back (`canonical_layout`) in a
     `finally`, onto the same Variable objects."""
-    if unroll:
-        layers.decode_layout(model, out_first=rows <= OUT_FIRST_MAX_ROWS, release=True)  # restored by the caller
+    if unroll:  # (an encoder-decoder's encoder runs once, on the whole source: its kernels keep their order)
+        keep = (model.get_encoder(),) if model.is_encoder_decoder else ()
+        layers.decode_layout(model, out_first=rows <= OUT_FIRST_MAX_ROWS, release=True, keep_order=keep)
     else:
         layers.canonical_layout(model)
 

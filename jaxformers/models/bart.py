@@ -472,6 +472,10 @@ class BartModel(PreTrainedModel):
         self.decoder = Decoder(cfg, opts=options, rngs=rngs)
         self.dtype = options.compute_dtype
 
+    def get_encoder(self) -> nnx.Module:
+        """The encoder (as transformers' `get_encoder()`)."""
+        return self.encoder
+
     def decoder_tokens(self) -> Embed:
         """The decoder's token table (also the tied LM head's)."""
         return self.shared if self.decoder.embed_tokens is None else self.decoder.embed_tokens
@@ -594,6 +598,10 @@ class _Head(PreTrainedModel):
     is_encoder_decoder = True
     init_if_missing = BartModel.init_if_missing
     base_class = BartModel
+
+    def get_encoder(self) -> nnx.Module:
+        """`BartModel.get_encoder`."""
+        return self.model.encoder
 
     def encode(self, input_ids, attention_mask=None, *, output_hidden_states: bool = False,
                deterministic: bool = True, dropout_rng=None) -> BaseModelOutput:  # fmt: skip

@@ -359,6 +359,10 @@ class _T5Common(PreTrainedModel):
     def _embed(self, ids):
         return self.shared(ids)
 
+    def get_encoder(self) -> nnx.Module:
+        """The encoder stack (as transformers' `get_encoder()`)."""
+        return self.encoder
+
     def encode(self, input_ids, attention_mask=None, *, output_hidden_states: bool = False,
                deterministic: bool = True, dropout_rng=None) -> BaseModelOutput:  # fmt: skip
         """Run the encoder on `input_ids [B, S]` (right- or left-padded); last_hidden_state `[B, S, D]`.

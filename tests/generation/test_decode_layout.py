@@ -194,3 +194,29 @@ def test_a_second_generate_compiles_nothing(tiny_hf, monkeypatch, host_views):
     assert _compiles(run) == 0
     assert _compiles(run) == 0
     np.testing.assert_array_equal(run(), first)
+
+
+def test_kernels_reordered_again_while_laid_out_come_back_in_checkpoint_order(tiny_hf):
+    """`decode_layout` on a model laid out already reorders its per-layer kernels (and the untied LM head) again;
+    the restore then stacks each kernel back through the inverse of whatever order it holds. Whatever the sequence,
+    the model computes the same logits meanwhile and `canonical_layout` gives back the checkpoint's tree, value for
+    value, axis names included."""
+    directory, _ = tiny_hf("llama", "LlamaForCausalLM", initializer_range=0.3)
+    model = jf.AutoModelForCausalLM.from_pretrained(directory)
+    assert isinstance(model.lm_head, Dense)  # untied: a kernel outside any stack
+    before = _tree(model)
+    ids = np.random.RandomState(4).randint(3, 97, (2, 5)).astype(np.int32)
+    want = np.asarray(model(ids).logits)
+    for first, second in ((True, False), (False, True), (True, True), (None, True)):
+        decode_layout(model, out_first=first)
+        decode_layout(model, out_first=second)
+        assert isinstance(model.model.layers, Unstacked)
+        assert all(m.out_first is second for _, m in nnx.iter_modules(model) if isinstance(m, Dense))
+        np.testing.assert_allclose(np.asarray(model(ids).logits), want, atol=1e-5)
+        canonical_layout(model)
+        assert isinstance(model.model.layers, Stacked)
+        after = _tree(model)
+        assert after.keys() == before.keys()
+        for path, (value, axes) in before.items():
+            assert after[path][1] == axes, (first, second, path)
+            np.testing.assert_array_equal(after[path][0], value, err_msg=str((first, second, path)))

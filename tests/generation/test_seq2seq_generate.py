@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from flax import nnx
 
 import jaxformers as jf
+from jaxformers.core.layers import Dense
 from jaxformers.generation import TRACES
 
 from hf_helpers import randomize_vectors
@@ -113,6 +115,38 @@ def test_beam_search_matches_transformers(built, name):
         got = jf.generate(model, ids, attention_mask=mask, **kw)
         np.testing.assert_array_equal(got, want, err_msg=str(kw))
         _assert_varies(got)
+
+
+@pytest.mark.parametrize("name", ["t5-gated", "bart"])
+def test_batch_one_reorders_the_decoder_kernels_only(built, name):
+    """At batch 1 the decode loop reads `[out, in]` kernels (`core.layers.decode_layout`): the decoder's (and an
+    untied LM head's, t5-gated) are reordered for the call, the encoder's keep their order (`get_encoder()`: it runs
+    once per call, over the whole source, where reordering gains nothing and costs a transpose each way). Tokens
+    equal transformers'; afterwards the model has the checkpoint's tree again, value for value."""
+    ref, model, _ = built(name)
+    ids, mask = _source(batch=1, pad=ref.config.pad_token_id, seed=7)  # (a seed whose continuation varies)
+    before = {p: np.array(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
+    seen = []
+
+    class Probe:
+        def put(self, value):
+            encoder = {id(m) for _, m in nnx.iter_modules(model.get_encoder())}
+            dense = [(id(m) in encoder, m.out_first) for _, m in nnx.iter_modules(model) if isinstance(m, Dense)]
+            seen.append(({f for e, f in dense if e}, {f for e, f in dense if not e}))
+
+        def end(self):
+            pass
+
+    want = _hf(ref, ids, mask, max_new_tokens=8, do_sample=False)
+    got = jf.generate(model, ids, attention_mask=mask, max_new_tokens=8, streamer=Probe(), chunk_steps=4)
+    np.testing.assert_array_equal(got, want)
+    _assert_varies(got)
+    assert len(seen) > 1
+    assert all(s == ({False}, {True}) for s in seen[1:]), seen  # (the first `put`: the prompt, before the loop)
+    after = {p: np.array(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
+    assert after.keys() == before.keys()
+    for path, value in before.items():
+        np.testing.assert_array_equal(after[path], value, err_msg=str(path))
 
 
 def test_processors_and_lengths_match(built):
