@@ -437,14 +437,16 @@ def _unstack_in_place(parent: nnx.Module, name: str, out_first: bool | None, rel
 
     def restore() -> None:
         unstacked = getattr(parent, name)
-        flats = [dict(nnx.to_flat_state(nnx.state(layer))) for layer in unstacked.blocks]
-        # per layer, the transpose taking each float kernel stored `[*out, *in]` back to `[*in, *out]`
-        back = [{(*p, "kernel"): perm for p, m in nnx.iter_modules(layer)
-                 if (perm := _kernel_perm(m, out_first=False)) is not None} for layer in unstacked.blocks]  # fmt: skip
+        blocks = list(unstacked.blocks)
         delattr(parent, name)
         del unstacked
         for path, var, sharding, perm, reusable in kept:
-            current = [f[path] for f in flats]
+            # each layer's Variable at `path`, and the transpose taking its kernel back to `[*in, *out]` (None when
+            # it has that order): read by attribute, not by walking the layers' graphs (~0.1 ms per module)
+            owners = [_at(block, path[:-1]) for block in blocks]
+            current = [getattr(m, path[-1]) if isinstance(path[-1], str) else m[path[-1]] for m in owners]
+            back = tuple(_kernel_perm(m, out_first=False) if path[-1] == "kernel" else None for m in owners)
+            del owners
             value = None if reusable is None else reusable[0]()  # alive while any of its views is
             if value is not None and all(v.get_value() is r() for v, r in zip(current, reusable[1])):
                 if perm is not None:  # the stack these views slice, transposed back at once
@@ -456,15 +458,22 @@ def _unstack_in_place(parent: nnx.Module, name: str, out_first: bool | None, rel
                 for v in current:
                     parts.append(v.get_value())
                     v.set_value(np.zeros((), v.dtype))
-                value = _stack_transposed(tuple(parts), tuple(b.get(path) for b in back))
+                value = _stack_transposed(tuple(parts), back)
                 value = value if sharding is None else jax.device_put(value, sharding)
                 del parts
             var.set_value(value)  # the original Variable objects: references users hold stay attached
             del current, value
-        flats.clear()
+        blocks.clear()
         setattr(parent, name, stacked)
 
     return restore
+
+
+def _at(node, path: tuple):
+    """The submodule (or container entry) of `node` at `path`, a Variable path's keys: attributes or indices."""
+    for key in path:
+        node = getattr(node, key) if isinstance(key, str) else node[key]
+    return node
 
 
 @functools.partial(jax.jit, static_argnums=1)
