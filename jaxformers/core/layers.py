@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxformers.core import xla_cpu
 from jaxformers.core.quant import QuantSpec, dequantize_rows, matmul as quantized_matmul
 from jaxformers.core.options import Options
 
@@ -115,10 +116,6 @@ class Dense(nnx.Module):
         return y if self.bias is None else y + self.bias[...].astype(self.dtype)
 
 
-# Up to this many rows (batch x positions), a tied head on CPU computes `table @ x.T` (`Embed.attend`).
-TABLE_FIRST_MAX_ROWS = 32
-
-
 class Embed(nnx.Module):
     """Token/position embedding table `[num, features]`; `attend` gives tied output logits.
 
@@ -151,15 +148,9 @@ class Embed(nnx.Module):
             x2 = x.reshape(-1, x.shape[-1])
             y = quantized_matmul(x2, self.embedding[...], self.embedding_scale[...], zero, self.quant, self.dtype, True)
             return jax.lax.optimization_barrier(y.reshape(*x.shape[:-1], -1))
-        table = self.embedding[...].astype(self.dtype)
-        rows = math.prod(x.shape[:-1])
-        if rows <= TABLE_FIRST_MAX_ROWS and jax.default_backend() == "cpu":
-            # decoding's few rows: `table @ x.T` ([V, rows], fenced so XLA keeps that orientation), then transposed.
-            # XLA:CPU streams the [V, D] table ~1.5x faster so at 2-32 rows (t5-small's head at 8 rows: 5.1 -> 3.4
-            # ms, bart-base's 11.0 -> 6.8 ms; at 1 row the same or faster: one-off probe, BENCHMARKS.md)
-            y = jax.lax.optimization_barrier(jnp.dot(table, x.reshape(rows, x.shape[-1]).T)).T
-            return jax.lax.optimization_barrier(y.reshape(*x.shape[:-1], -1))
-        return jax.lax.optimization_barrier(jnp.dot(x, table.T))
+        x2 = x.reshape(-1, x.shape[-1])  # (`core.xla_cpu.table_product`: the orientation for few rows on CPU)
+        y = xla_cpu.table_product(x2, self.embedding[...].astype(self.dtype))
+        return jax.lax.optimization_barrier(y.reshape(*x.shape[:-1], -1))
 
 
 class LayerNorm(nnx.Module):

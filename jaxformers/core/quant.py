@@ -56,6 +56,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxformers.core import xla_cpu
+
 COMPUTE_MODES = ("auto", "weight_only", "int8", "pallas")
 # Backends where weight-only products of per-channel int8 codes apply the scale after the product (module docstring).
 SCALE_AFTER_PLATFORMS = ("gpu",)
@@ -289,6 +291,8 @@ def matmul(x, codes, scale, zero, spec: QuantSpec, dtype, transposed: bool = Fal
     if mode in ("weight_only", "pallas"):
         if _scale_after(codes, scale, zero, spec, transposed):
             return (jnp.dot(x.astype(dtype), codes.astype(dtype)) * scale.astype(dtype)).astype(dtype)
+        if transposed:  # a tied head: the float head's own product (`Embed.attend`), on the dequantized table
+            return xla_cpu.table_product(x.astype(dtype), dequantize_rows(codes, scale, zero, spec, dtype))
         return jnp.dot(x.astype(dtype), _weights(codes, scale, zero, spec, dtype, transposed))
     return _int8_matmul(x, codes, scale, zero, spec, transposed).astype(dtype)
 
