@@ -18,7 +18,6 @@ large batches on AVX-512 CPUs; the line "xla:cpu" says which); `--xla-defaults` 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -37,19 +36,6 @@ ARCHS = {
                                                            "num_hidden_layers": 22, "global_attn_every_n_layers": 3,
                                                            "local_attention": 128, "hidden_activation": "gelu"}),
 }  # fmt: skip
-
-
-def cpu_description() -> str:
-    """CPU model and the widest x86 vector ISA it offers (AVX2 / AVX-512 / AMX), from /proc/cpuinfo."""
-    try:
-        info = open("/proc/cpuinfo").read()
-    except OSError:
-        return platform.processor() or platform.machine()
-    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
-    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
-    isa = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"),
-                                   ("amx_tile", "AMX")) if flag in flags]  # fmt: skip
-    return f"{model} ({', '.join(isa) or 'no AVX2'})"
 
 
 def flops(cfg, b: int, t: int) -> float:
@@ -148,6 +134,8 @@ def main():
     size = "base-sized" if (args.hidden, heads) == (768, 12) else f"hidden {args.hidden}, {heads} heads"
     layers = cfg["num_hidden_layers"]
     print(f"{args.arch} {size} encoder forward, batch {args.batch} x {args.seq}, {args.dtype}, {layers} layers")
+    from jaxformers.core.xla_cpu import cpu_description
+
     print(f"  cpu: {cpu_description()}")
     print(f"  xla:cpu: {'oneDNN GEMM (' + str(compiler_options) + ')' if compiler_options else 'XLA defaults'}")
     print(f"  torch {torch.__version__} threads: {torch.get_num_threads()}, jax {jax.__version__} devices: {jax.devices()}")

@@ -13,7 +13,8 @@ Settings (both sides identical): fp32 (`--dtype bfloat16`: bf16 weights and comp
 a 32-token prompt, 128 new tokens, greedy, KV cache, and an EOS id that the run checks never occurred, so every run
 makes exactly 128 tokens. Prints tokens/s, the per-step decode time ((t(128 tokens) - t(1 token)) / 127), the ratio
 jaxformers/PyTorch (tokens/s), jaxformers' first-call time (tracing + compilation + one run) with the compile overhead
-(first call minus a warm call) in brackets, and how many generated tokens agree between the two. `--quant` adds rows
+(first call minus a warm call) in brackets, PyTorch's first call on the same batch shape in its row, the host CPU
+(model and vector extensions), and how many generated tokens agree between the two. `--quant` adds rows
 for the same model loaded with `quantization="int8"` / `"int4"` (`jaxformers.core.quant`, default compute: dynamic
 int8 activations on CPU, weight-only elsewhere), with their speed against jaxformers' unquantized model ("vs fp32" /
 "vs bf16") and PyTorch ("ratio"), and the tokens agreeing with the unquantized model. `--scan-layout` also times the
@@ -290,7 +291,9 @@ def main():
     if device == "auto":
         device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
     torch_dtype = getattr(torch, args.dtype)
-    print(f"jax {jax.__version__} on {jax.devices()}, torch {torch.__version__} on {device} "
+    from jaxformers.core.xla_cpu import cpu_description
+
+    print(f"cpu: {cpu_description()}; jax {jax.__version__} on {jax.devices()}, torch {torch.__version__} on {device} "
           f"({torch.get_num_threads()} threads)")  # fmt: skip
     seq2seq_only = all(m in SEQ2SEQ for m in args.models)
     args.prompt = args.prompt or (64 if seq2seq_only else 32)
@@ -384,7 +387,9 @@ def main():
                     sync()
                     return out
 
+                t0 = time.perf_counter()
                 ref_out = theirs(args.new).cpu().numpy()
+                res["pt_first"] = time.perf_counter() - t0  # its first call on this batch shape, as jaxformers'
                 theirs(1)
                 p_all, p_one = median_time(lambda: theirs(args.new), args.repeats), median_time(
                     lambda: theirs(1), args.repeats
@@ -398,7 +403,7 @@ def main():
                 if args.scan_layout:
                     print(f"{'':<9}{'':>6}{'jf (scan)':>12}{res['scan_tps']:>9.1f}{res['scan_step'] * 1e3:>9.2f}")
                 print(f"{'':<9}{'':>6}{'pytorch':>12}{res['pt_tps']:>9.1f}{res['pt_step'] * 1e3:>9.2f}"
-                      f"{'':>14}   tokens agreeing with pytorch: {res['agree']:.1%}")  # fmt: skip
+                      f"{res['pt_first']:>8.2f}{'':>6}   tokens agreeing with pytorch: {res['agree']:.1%}")  # fmt: skip
             else:
                 print(line)
                 if bw_line:

@@ -142,8 +142,7 @@ def main():
     import jaxformers as jf
     from jaxformers.core import quant
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from bench_forward import cpu_description
+    from jaxformers.core.xla_cpu import cpu_description
 
     path = os.path.abspath(args.gguf or default_gguf())
     folder, name = os.path.split(path)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -44,16 +43,9 @@ HEADS = {
 
 
 def cpu_line() -> str:
-    flags = ""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        name = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
-        have = set(next(line for line in info.splitlines() if line.startswith("flags")).split())
-        isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in have]
-        flags = f"{name}; {', '.join(isa)}"
-    except (OSError, StopIteration):
-        flags = platform.processor()
-    return f"CPU: {flags}; {os.cpu_count()} cores"
+    from jaxformers.core.xla_cpu import cpu_description
+
+    return f"CPU: {cpu_description()}; {os.cpu_count()} cores"
 
 
 def texts(tokenizer, n: int, lo: int, hi: int, seed: int = 0) -> list[str]:

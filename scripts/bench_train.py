@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -33,19 +32,6 @@ import time
 LR, WEIGHT_DECAY = 5e-5, 0.01  # constant learning rate on both sides
 COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
                   "/jax/core/compile/backend_compile_duration")  # fmt: skip
-
-
-def cpu_description() -> str:
-    """CPU model and the widest x86 vector ISA it offers (AVX2 / AVX-512 / AMX), from /proc/cpuinfo."""
-    try:
-        info = open("/proc/cpuinfo").read()
-    except OSError:
-        return platform.processor() or platform.machine()
-    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
-    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
-    isa = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"),
-                                   ("amx_tile", "AMX")) if flag in flags]  # fmt: skip
-    return f"{model} ({', '.join(isa) or 'no AVX2'})"
 
 
 def train_flops(cfg: dict, b: int, t: int) -> float:
@@ -212,6 +198,8 @@ def main(argv: list[str] | None = None):
         f"hidden {args.hidden}, {args.heads} heads, {args.layers} layers")
     print(f"bert {size} sequence classification train step (forward, backward, AdamW), "
           f"batch {args.batch} x {args.seq}, fp32, dropout {'off' if args.no_dropout else 'on'}")
+    from jaxformers.core.xla_cpu import cpu_description
+
     print(f"  cpu: {cpu_description()}")
     print(f"  jax {jax.__version__} devices: {jax.devices()}" +
           ("" if args.skip_torch else f", torch {torch.__version__} threads: {torch.get_num_threads()}"))

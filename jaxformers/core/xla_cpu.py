@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 import warnings
 
 import jax
@@ -27,16 +28,37 @@ MIN_ROWS = 512  # rows (batch x tokens) of the products from which oneDNN was fa
 
 
 @functools.lru_cache(maxsize=None)
-def host_has_avx512() -> bool:
-    """Whether this x86 host offers AVX-512 (read from /proc/cpuinfo; False where that file does not exist)."""
+def _cpuinfo() -> tuple[str | None, frozenset[str]]:
+    """The first CPU's model name and flags from /proc/cpuinfo (None and no flags where that file does not exist)."""
+    model, flags = None, frozenset()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return "avx512f" in line.split()
+                if line.startswith("model name") and model is None:
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = frozenset(line.split(":", 1)[1].split())
+                    break
     except OSError:
         pass
-    return False
+    return model, flags
+
+
+def host_has_avx512() -> bool:
+    """Whether this x86 host offers AVX-512 (read from /proc/cpuinfo; False where that file does not exist)."""
+    return "avx512f" in _cpuinfo()[1]
+
+
+def cpu_description() -> str:
+    """The host CPU's model and the x86 vector extensions that decide XLA:CPU's and PyTorch's kernels (AVX2,
+    AVX-512, AVX512-BF16, AMX), e.g. "AMD EPYC 9B14 (AVX2, AVX-512, AVX512-BF16)": what every benchmark prints, since
+    the project's figures differ by host kind (BENCHMARKS.md keeps a table per kind)."""
+    model, flags = _cpuinfo()
+    if model is None:
+        return platform.processor() or platform.machine()
+    isa = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"),
+                                   ("amx_tile", "AMX")) if flag in flags]  # fmt: skip
+    return f"{model} ({', '.join(isa) or 'no AVX2'})"
 
 
 def gemm_options(rows: int, platform: str | None = None) -> dict:
