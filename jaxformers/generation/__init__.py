@@ -92,8 +92,9 @@ def generate(
       chunk_steps: decode steps per streamed chunk, an int >= 1.
       unroll_layers: run prefill and decode loop over per-layer weights and cache (faster decode steps). For the
         call, the model itself is laid out so, in place (`core.layers.decode_layout`: one copy of the weights; no
-        copy at all on one CPU device except for kernels reordered for one-row products), and put back as loaded
-        when the call ends. False runs the model's scanned layout.
+        copy at all on one CPU device except for kernels reordered for one-row products: batch 1, at least
+        `decode.OUT_FIRST_MIN_NEW_TOKENS` new tokens), and put back as loaded when the call ends. False runs the
+        model's scanned layout.
       **kwargs: any `GenerationConfig` field, with HF's names and meaning: `max_new_tokens`, `max_length`,
         `min_new_tokens`, `do_sample`, `temperature`, `top_k`, `top_p`, `min_p`, `repetition_penalty`,
         `no_repeat_ngram_size`, `num_beams`, `length_penalty`, `early_stopping`, `num_return_sequences`,
@@ -238,7 +239,7 @@ def _generate(model, input_ids, attention_mask, generation_config, key, chunk_st
     # prefill and loop run on the decoding layout (per-layer arrays), which the model takes in place for the call
     # (one copy of the weights) and gives back at the end, even on an error or an abandoned stream: outside a call,
     # the model always has the checkpoint's parameter tree (saving, training and adapters read it by path)
-    decode.decode_layout(model, rows=bb * nb, unroll=unroll)
+    decode.decode_layout(model, rows=bb * nb, unroll=unroll, new_tokens=max_new)
     try:
         graphdef, state = nnx.split(model)
         loop = _compile_loop_early(start_fn, (graphdef, state, *args), common, run_fn, (graphdef, state), static)

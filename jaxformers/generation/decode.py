@@ -75,13 +75,19 @@ def beam_fill_id(cfg: GenerationConfig) -> int:
     return (pad_id(cfg) or eos[0]) if eos else -1
 
 
-# Up to this many rows, the decode loop stores kernels `[out, in]` (one-row products stream them faster on XLA:CPU).
+# Up to this many rows, and for at least this many new tokens, the decode loop stores kernels `[out, in]`: one-row
+# products stream them faster on XLA:CPU, but the reorder costs a transpose of the kernels each way per call, which
+# pays back only over many steps. Measured on a 2-core AMD EPYC (BENCHMARKS.md, issue 10): the reorder costs
+# 90-260 ms per call (GPT-2 small, a 125M Llama, bart-base) and saves 1-3 ms per step, even at ~90-110 steps;
+# t5-small's 512-wide products gain nothing per step at all.
 OUT_FIRST_MAX_ROWS = 1
+OUT_FIRST_MIN_NEW_TOKENS = 128
 
 
-def decode_layout(model, *, rows: int, unroll: bool) -> None:
-    """Lay `model` out, in place, for a generation over `rows` rows: per-layer arrays when `unroll`, with kernels
-    ordered for `rows`-row products (`core.layers.decode_layout`); else the model's own scanned layout
+def decode_layout(model, *, rows: int, unroll: bool, new_tokens: int) -> None:
+    """Lay `model` out, in place, for a generation over `rows` rows and up to `new_tokens` steps: per-layer arrays
+    when `unroll`, with kernels ordered for `rows`-row products where that pays (`OUT_FIRST_MAX_ROWS`,
+    `OUT_FIRST_MIN_NEW_TOKENS`; `core.layers.decode_layout`); else the model's own scanned layout
     (`core.layers.canonical_layout`, a no-op unless an earlier call laid it out).
 
     In place rather than a copy, so generating holds one copy of the weights (`release=True`: the stacked arrays'
@@ -89,7 +95,8 @@ def decode_layout(model, *, rows: int, unroll: bool) -> None:
     `finally`, onto the same Variable objects."""
     if unroll:  # (an encoder-decoder's encoder runs once, on the whole source: its kernels keep their order)
         keep = (model.get_encoder(),) if model.is_encoder_decoder else ()
-        layers.decode_layout(model, out_first=rows <= OUT_FIRST_MAX_ROWS, release=True, keep_order=keep)
+        out_first = rows <= OUT_FIRST_MAX_ROWS and new_tokens >= OUT_FIRST_MIN_NEW_TOKENS
+        layers.decode_layout(model, out_first=out_first, release=True, keep_order=keep)
     else:
         layers.canonical_layout(model)
 
