@@ -180,6 +180,24 @@ def is_traced(x) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
+def at_positions(hidden: jax.Array, positions: jax.Array | None) -> jax.Array:
+    """`hidden [B, T, D]` at the token positions `positions [B, P]` (-> `[B, P, D]`), or all of it when None.
+
+    Masked-LM heads take `logits_positions=` through this (a jaxformers extension, as `logits_to_keep` is for
+    decoders): the head then runs on P rows per sequence instead of T. The `fill-mask` task passes its mask
+    positions, which saves the vocabulary projection of every other token (a BERT-base MLM head is ~22% of the
+    forward's products). The head is per token, so the logits at those positions are the full forward's."""
+    if positions is None:
+        return hidden
+    positions = jnp.asarray(positions)
+    if positions.ndim != 2 or positions.shape[0] != hidden.shape[0]:
+        raise ValueError(f"logits_positions must be [batch={hidden.shape[0]}, P] token positions, got shape "
+                         f"{tuple(positions.shape)}")  # fmt: skip
+    check_range(positions, 0, hidden.shape[1], f"logits_positions must be token positions in [0, {hidden.shape[1]})",
+                "pass positions inside the sequence")  # fmt: skip
+    return jnp.take_along_axis(hidden, positions[:, :, None].astype(jnp.int32), axis=1)
+
+
 _host_checked = threading.local()
 
 

@@ -20,6 +20,7 @@ from jaxformers.core.config import HFConfig, config_class
 from jaxformers.core.layers import Dense, Embed, LayerNorm, Stacked, activation
 from jaxformers.core.modeling import (
     Architecture,
+    at_positions,
     PreTrainedModel,
     check_index_input,
     check_input_ids,
@@ -230,12 +231,13 @@ class BertForMaskedLM(_BertHead):
         self.cls = LMPredictionHead(cfg, opts=options, rngs=rngs)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 output_hidden_states: bool = False, deterministic: bool = True,
-                 dropout_rng=None) -> MaskedLMOutput:  # fmt: skip
+                 output_hidden_states: bool = False, deterministic: bool = True, dropout_rng=None,
+                 logits_positions=None) -> MaskedLMOutput:  # fmt: skip
         key = dropout.key_for(deterministic, dropout_rng)
         out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states=output_hidden_states,
                         deterministic=key is None, dropout_rng=key)  # fmt: skip
-        logits = constrain(self.cls(out.last_hidden_state, self.bert.embeddings.word_embeddings), ACT_BTV)
+        h = at_positions(out.last_hidden_state, logits_positions)
+        logits = constrain(self.cls(h, self.bert.embeddings.word_embeddings), ACT_BTV)
         return MaskedLMOutput(logits=logits, hidden_states=out.hidden_states)
 
 

@@ -59,6 +59,7 @@ from jaxformers.core.config import HFConfig, config_class
 from jaxformers.core.layers import Dense, Embed, LayerNorm, Stacked, activation, normal, param, zeros
 from jaxformers.core.modeling import (
     Architecture,
+    at_positions,
     PreTrainedModel,
     check_index_input,
     check_input_ids,
@@ -619,12 +620,13 @@ class DebertaV2ForMaskedLM(_DebertaV2Head):
         self.lm_predictions = LMHead(cfg, opts=options, rngs=rngs) if not cfg.legacy else None
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 output_hidden_states: bool = False, deterministic: bool = True,
-                 dropout_rng=None) -> MaskedLMOutput:  # fmt: skip
+                 output_hidden_states: bool = False, deterministic: bool = True, dropout_rng=None,
+                 logits_positions=None) -> MaskedLMOutput:  # fmt: skip
         key = dropout.key_for(deterministic, dropout_rng)
         out = self._encode(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, key)
         head = self.cls if self.cls is not None else self.lm_predictions
-        logits = constrain(head(out.last_hidden_state, self.deberta.embeddings.word_embeddings), ACT_BTV)
+        h = at_positions(out.last_hidden_state, logits_positions)
+        logits = constrain(head(h, self.deberta.embeddings.word_embeddings), ACT_BTV)
         return MaskedLMOutput(logits=logits, hidden_states=out.hidden_states)
 
 

@@ -31,6 +31,7 @@ from jaxformers.core.config import HFConfig, config_class
 from jaxformers.core.layers import Dense, Embed, LayerNorm, Stacked, activation, normal, param, zeros
 from jaxformers.core.modeling import (
     Architecture,
+    at_positions,
     PreTrainedModel,
     check_index_input,
     check_input_ids,
@@ -225,11 +226,12 @@ class DistilBertForMaskedLM(_DistilBertHead):
         self.act = activation(cfg.activation)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 output_hidden_states: bool = False, deterministic: bool = True,
-                 dropout_rng=None) -> MaskedLMOutput:  # fmt: skip
+                 output_hidden_states: bool = False, deterministic: bool = True, dropout_rng=None,
+                 logits_positions=None) -> MaskedLMOutput:  # fmt: skip
         key = dropout.key_for(deterministic, dropout_rng)
         out = self._encode(input_ids, attention_mask, position_ids, output_hidden_states, deterministic, key)
-        h = self.vocab_layer_norm(self.act(self.vocab_transform(out.last_hidden_state)))
+        h = at_positions(out.last_hidden_state, logits_positions)
+        h = self.vocab_layer_norm(self.act(self.vocab_transform(h)))
         logits = constrain(self.vocab_projector(h, self.distilbert.embeddings.word_embeddings), ACT_BTV)
         return MaskedLMOutput(logits=logits, hidden_states=out.hidden_states)
 

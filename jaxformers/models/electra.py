@@ -37,6 +37,7 @@ from jaxformers.core.config import HFConfig, config_class
 from jaxformers.core.layers import Dense, Embed, LayerNorm, Stacked, activation, normal, param, zeros
 from jaxformers.core.modeling import (
     Architecture,
+    at_positions,
     PreTrainedModel,
     check_index_input,
     check_input_ids,
@@ -303,12 +304,12 @@ class ElectraForMaskedLM(_ElectraHead):
         self.generator_lm_head = GeneratorLMHead(cfg, opts=options, rngs=rngs)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 output_hidden_states: bool = False, deterministic: bool = True,
-                 dropout_rng=None) -> MaskedLMOutput:  # fmt: skip
+                 output_hidden_states: bool = False, deterministic: bool = True, dropout_rng=None,
+                 logits_positions=None) -> MaskedLMOutput:  # fmt: skip
         key = dropout.key_for(deterministic, dropout_rng)
         out = self._encode(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states,
                            deterministic, key)  # fmt: skip
-        h = self.generator_predictions(out.last_hidden_state)
+        h = self.generator_predictions(at_positions(out.last_hidden_state, logits_positions))
         logits = constrain(self.generator_lm_head(h, self.electra.embeddings.word_embeddings), ACT_BTV)
         return MaskedLMOutput(logits=logits, hidden_states=out.hidden_states)
 

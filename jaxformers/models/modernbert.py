@@ -42,7 +42,7 @@ from jaxformers.core import attention as attn
 from jaxformers.core import dropout, rope
 from jaxformers.core.config import HFConfig, config_class
 from jaxformers.core.layers import Dense, Embed, LayerNorm, Stacked, activation, normal, param, zeros
-from jaxformers.core.modeling import Architecture, PreTrainedModel, check_index_input, check_input_ids
+from jaxformers.core.modeling import Architecture, PreTrainedModel, at_positions, check_index_input, check_input_ids
 from jaxformers.core.options import Options
 from jaxformers.core.outputs import (
     BaseModelOutput,
@@ -377,10 +377,10 @@ class ModernBertForMaskedLM(_ModernBertHead):
         self.decoder = Decoder(cfg, opts=options, rngs=rngs)
 
     def __call__(self, input_ids, attention_mask=None, position_ids=None, *, output_hidden_states: bool = False,
-                 deterministic: bool = True, dropout_rng=None) -> MaskedLMOutput:  # fmt: skip
+                 deterministic: bool = True, dropout_rng=None, logits_positions=None) -> MaskedLMOutput:  # fmt: skip
         key = dropout.key_for(deterministic, dropout_rng)
         _, out = self._encode(input_ids, attention_mask, position_ids, output_hidden_states, key)
-        h = self.head(out.last_hidden_state)
+        h = self.head(at_positions(out.last_hidden_state, logits_positions))
         logits = constrain(self.decoder(h, self.model.embeddings.tok_embeddings), ACT_BTV)
         return MaskedLMOutput(logits=logits, hidden_states=out.hidden_states)
 

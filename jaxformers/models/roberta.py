@@ -19,7 +19,8 @@ from jaxformers.core import attention as attn
 from jaxformers.core import dropout
 from jaxformers.core.config import HFConfig, config_class
 from jaxformers.core.layers import Dense, Embed, LayerNorm, Stacked, activation
-from jaxformers.core.modeling import Architecture, PreTrainedModel, check_index_input, check_input_ids, check_seq_len
+from jaxformers.core.modeling import (Architecture, PreTrainedModel, at_positions, check_index_input, check_input_ids,
+                                      check_seq_len)
 from jaxformers.core.options import Options
 from jaxformers.core.outputs import (
     BaseModelOutput,
@@ -289,11 +290,12 @@ class RobertaForMaskedLM(_RobertaHead):
         self.lm_head = LMHead(cfg, opts=options, rngs=rngs)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 output_hidden_states: bool = False, deterministic: bool = True,
-                 dropout_rng=None) -> MaskedLMOutput:  # fmt: skip
+                 output_hidden_states: bool = False, deterministic: bool = True, dropout_rng=None,
+                 logits_positions=None) -> MaskedLMOutput:  # fmt: skip
         out, _ = self._encode(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states,
                               deterministic, dropout_rng)  # fmt: skip
-        logits = constrain(self.lm_head(out.last_hidden_state, self.roberta.embeddings.word_embeddings), ACT_BTV)
+        h = at_positions(out.last_hidden_state, logits_positions)
+        logits = constrain(self.lm_head(h, self.roberta.embeddings.word_embeddings), ACT_BTV)
         return MaskedLMOutput(logits=logits, hidden_states=out.hidden_states)
 
 

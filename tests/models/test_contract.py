@@ -254,3 +254,27 @@ def test_dropout_rates_come_from_the_config(tiny_hf):
         bert.BertConfig.from_hf({"hidden_dropout_prob": 1.0})
     with pytest.raises(ValueError, match="attention_dropout=-0.1 must lie in"):
         llama.LlamaConfig.from_hf({"attention_dropout": -0.1})
+
+
+_TINY_MLM = dict(vocab_size=97, hidden_size=48, num_hidden_layers=2, num_attention_heads=6, intermediate_size=37,
+                 max_position_embeddings=64, dim=48, n_layers=2, n_heads=6, hidden_dim=37, embedding_size=48,
+                 global_attn_every_n_layers=2, local_attention=8, pad_token_id=0)  # fmt: skip (each arch's names)
+MASKED_LM = [mt for mt in AVAILABLE if "masked-lm" in models.architecture(mt).tasks(mt)]
+
+
+@pytest.mark.parametrize("model_type", MASKED_LM)
+def test_masked_lm_logits_at_positions_equal_the_full_forward(model_type):
+    """Every masked-LM head takes `logits_positions [B, P]` (`core.modeling.at_positions`; the fill-mask task passes
+    its mask positions) and returns the full forward's logits at those positions, `[B, P, V]`; positions outside
+    the sequence are refused."""
+    assert len(MASKED_LM) >= 6, MASKED_LM  # bert, roberta, xlm-roberta, distilbert, electra, deberta-v2, modernbert
+    cfg = models.config_class(model_type).from_hf({"model_type": model_type, **_TINY_MLM})
+    model = models.architecture(model_type).tasks(model_type)["masked-lm"](cfg, rngs=nnx.Rngs(0))
+    ids = np.random.RandomState(0).randint(3, 97, (2, 9)).astype(np.int32)
+    positions = np.array([[1, 4, 4], [8, 0, 2]], np.int32)
+    full = np.asarray(model(ids).logits)
+    part = np.asarray(model(ids, logits_positions=positions).logits)
+    assert part.shape == (2, 3, 97)
+    np.testing.assert_allclose(part, np.take_along_axis(full, positions[:, :, None], axis=1), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="logits_positions"):
+        model(ids, logits_positions=np.array([[9], [0]]))
