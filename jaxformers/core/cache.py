@@ -3,8 +3,8 @@
 Writing past the end is refused, never clamped: `lax.dynamic_update_slice` would silently move the write onto the
 last slots (overwriting them: wrong logits from then on). `with_tokens`, which every decoder calls before writing a
 step, checks `index + T <= max_len`: on the host when `index` is concrete (eager calls; one scalar read per call),
-as a `checkify.debug_check` when traced (left out of generation's programs, which size their cache themselves:
-`core.modeling.host_checked`). See `core.modeling` for the design of input checks.
+as a `checkify.debug_check` when traced (free unless the program is checkified, so generation's jitted loop, which
+sizes its cache itself, pays nothing). See `core.modeling` for the design of input checks.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import struct
-
-from jaxformers.core.modeling import traced_check
+from jax.experimental import checkify
 
 
 @struct.dataclass
@@ -84,7 +83,7 @@ class KVCache:
             )
         fix = "build a larger cache with model.init_cache(batch, max_len) or start a new one"
         if isinstance(self.index, jax.core.Tracer):
-            traced_check(
+            checkify.debug_check(
                 self.index + t <= self.max_len,
                 f"KV cache overflow: writing {t} token(s) at slot {{index}} needs more than its {self.max_len} slots; "
                 + fix,

@@ -23,10 +23,6 @@ How they are checked depends on whether the inputs are concrete:
   `checkify.check` cannot be used unconditionally: outside `checkify.checkify` it fails to lower under jit ("Cannot
   abstractly evaluate a checkify.check which was not functionalized"; always on TPU, and on CPU/GPU unless
   `jax_xla_runtime_errors` turns it into a host callback, a per-step device sync).
-  A program with such checks in it carries their effect, which turns off JAX's C++ dispatch fast path for the
-  jitted function (every call goes through Python dispatch: ~15 ms per `generate` call of bart-base). Callers that
-  validated the inputs on the host already trace inside `host_checked()`, which leaves the traced checks out;
-  `generate` does (it checks ids and sizes its cache itself).
   Unchecked under jit, an out-of-range token, token-type or position id gives a NaN embedding for that token, and
   through attention every token of its row turns NaN (a masked key still enters `weights @ values` with weight 0,
   and 0 * NaN is NaN). A KV cache write past its end is clamped onto the last slots, overwriting them (wrong
@@ -37,9 +33,7 @@ How they are checked depends on whether the inputs are concrete:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import threading
 from typing import ClassVar
 
 import jax
@@ -198,29 +192,6 @@ def at_positions(hidden: jax.Array, positions: jax.Array | None) -> jax.Array:
     return jnp.take_along_axis(hidden, positions[:, :, None].astype(jnp.int32), axis=1)
 
 
-_host_checked = threading.local()
-
-
-@contextlib.contextmanager
-def host_checked():
-    """Trace inside this to leave out the traced input checks (`traced_check`): for callers that checked the same
-    rules on the host before the jitted call. The checks' effect would keep JAX's C++ dispatch fast path off for
-    the whole jitted function (see the module docstring). Applies to what is traced meanwhile, on this thread."""
-    _host_checked.depth = getattr(_host_checked, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _host_checked.depth -= 1
-
-
-def traced_check(ok, message: str, **values) -> None:
-    """`checkify.debug_check(ok, message, **values)` for a traced input check, unless traced inside
-    `host_checked()` (the caller checked on the host)."""
-    if getattr(_host_checked, "depth", 0):
-        return
-    checkify.debug_check(ok, message, **values)
-
-
 def _min_max(x) -> tuple[int, int]:
     if isinstance(x, np.ndarray):
         return int(x.min()), int(x.max())
@@ -239,7 +210,7 @@ def check_range(x, lo: int, hi: int, what: str, fix: str) -> None:
         return
     if is_traced(x):
         ok = jnp.all((x >= lo) & (x < hi))
-        traced_check(ok, f"{what}; got values from {{lo}} to {{hi}}: {fix}", lo=jnp.min(x), hi=jnp.max(x))
+        checkify.debug_check(ok, f"{what}; got values from {{lo}} to {{hi}}: {fix}", lo=jnp.min(x), hi=jnp.max(x))
         return
     x_lo, x_hi = _min_max(x)
     if x_lo < lo or x_hi >= hi:

@@ -36,10 +36,9 @@ class _GreedyState:
     cache: KVCache
     logits: jax.Array  # [B, V] float32, next-token logits of the last forward
     finished: jax.Array  # [B] bool
-    key: jax.Array  # the PRNG key's raw data (`_key_state`)
+    key: jax.Array
     step: jax.Array  # () int32 tokens generated so far
     max_new: jax.Array  # () int32
-    key_impl: str | None = struct.field(pytree_node=False, default=None)  # None: a legacy raw uint32 key
 
 
 @struct.dataclass
@@ -55,27 +54,9 @@ class _BeamState:
     improvable: jax.Array  # [B, 1] bool (HF `is_early_stop_heuristic_unsatisfied`)
     real: jax.Array  # [B, 1] bool: False for the batch bucket's filler rows
     all_stopped: jax.Array  # () bool: every top-k candidate of the last step hit a stopping criterion
-    key: jax.Array  # the PRNG key's raw data (`_key_state`)
+    key: jax.Array
     step: jax.Array
     max_new: jax.Array
-    key_impl: str | None = struct.field(pytree_node=False, default=None)
-
-
-def _key_state(key) -> tuple[jax.Array, str | None]:
-    """A PRNG key as the loop state holds it: its raw data and its implementation's name (None for a legacy raw
-    uint32 key, held as it is). A typed key array among a jitted call's outputs turns off JAX's C++ dispatch fast
-    path for that function: every call then went through the Python dispatch path, ~10-20 ms per `generate` call
-    for a 12-layer model's state (measured on bart-base, BENCHMARKS.md)."""
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return jax.random.key_data(key), str(jax.random.key_impl(key))
-    return key, None
-
-
-def _split_key(s) -> tuple[jax.Array, jax.Array]:
-    """`jax.random.split` of the state's key: the next key's raw data (for the state) and a subkey to use now."""
-    key = s.key if s.key_impl is None else jax.random.wrap_key_data(s.key, impl=s.key_impl)
-    key, sub = jax.random.split(key)
-    return (key if s.key_impl is None else jax.random.key_data(key)), sub
 
 
 def eos_ids(cfg: GenerationConfig) -> tuple[int, ...]:
@@ -181,8 +162,7 @@ def greedy_start(graphdef, state, ids, mask, pad_len, real, start, key, max_new,
     hist = _history(ids, start, pad_len, cfg, buf_len)
     zero = jnp.zeros((), jnp.int32)
     finished = ~real.astype(bool)
-    key, impl = _key_state(key)
-    return _GreedyState(hist, cache, logits, finished, key, zero, jnp.asarray(max_new, jnp.int32), impl)
+    return _GreedyState(hist, cache, logits, finished, key, zero, jnp.asarray(max_new, jnp.int32))
 
 
 def greedy_run(graphdef, state, st: _GreedyState, stop, *, cfg: GenerationConfig) -> _GreedyState:
@@ -204,7 +184,7 @@ def greedy_run(graphdef, state, st: _GreedyState, stop, *, cfg: GenerationConfig
 
     def body(s: _GreedyState):
         scores = process(s.logits, s.hist, max_len)
-        key, sub = _split_key(s)
+        key, sub = jax.random.split(s.key)
         if warp is not None:
             tokens = jax.random.categorical(sub, warp(scores), axis=-1).astype(jnp.int32)
         else:
@@ -254,10 +234,9 @@ def beam_start(graphdef, state, ids, mask, pad_len, real, start, key, max_new, s
         improvable=real,
         real=real,
         all_stopped=jnp.zeros((), bool),
-        key=_key_state(key)[0],
+        key=key,
         step=zero,
         max_new=jnp.asarray(max_new, jnp.int32),
-        key_impl=_key_state(key)[1],
     )
 
 
@@ -292,7 +271,7 @@ def beam_run(graphdef, state, st: _BeamState, stop, *, cfg: GenerationConfig) ->
             log_probs = warp(log_probs)
         vocab = log_probs.shape[-1]
         acc = (log_probs.reshape(b, nb, vocab) + s.running_scores[:, :, None]).reshape(b, nb * vocab)
-        key, sub = _split_key(s)
+        key, sub = jax.random.split(s.key)
         if cfg.do_sample:
             idx = _sample_without_replacement(sub, acc, keep)
             top_lp = jnp.take_along_axis(acc, idx, axis=1)

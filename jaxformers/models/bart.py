@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import checkify
 
 from jaxformers.core import attention as attn
 from jaxformers.core import dropout
@@ -50,8 +51,7 @@ from jaxformers.core import seq2seq
 from jaxformers.core.cache import KVCache, update_layer
 from jaxformers.core.config import HFConfig, config_class, num_labels_from
 from jaxformers.core.layers import Dense, Embed, LayerNorm, Stacked, activation
-from jaxformers.core.modeling import (Architecture, PreTrainedModel, check_input_ids, check_seq_len, is_traced,
-                                      traced_check)
+from jaxformers.core.modeling import Architecture, PreTrainedModel, check_input_ids, check_seq_len, is_traced
 from jaxformers.core.options import Options
 from jaxformers.core.outputs import (
     BaseModelOutput,
@@ -728,9 +728,9 @@ def last_eos_index(input_ids: jax.Array, eos_token_id) -> jax.Array:
     one = "Each example must contain at least one <eos> token"
     fix = f"end every row of input_ids with eos_token_id={eos_token_id} (the tokenizer does), and only there"
     if is_traced(counts):
-        traced_check(jnp.all(counts == counts[0]), f"{same} (found {{lo}} to {{hi}}): {fix}",
+        checkify.debug_check(jnp.all(counts == counts[0]), f"{same} (found {{lo}} to {{hi}}): {fix}",
                              lo=jnp.min(counts), hi=jnp.max(counts))  # fmt: skip
-        traced_check(jnp.all(counts > 0), f"{one}: {fix}")
+        checkify.debug_check(jnp.all(counts > 0), f"{one}: {fix}")
     else:
         found = sorted(set(np.asarray(counts).tolist()))
         if len(found) > 1:

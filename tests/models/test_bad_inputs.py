@@ -87,24 +87,6 @@ def test_token_ids_checked_under_jit_with_checkify(models, arch):
     assert out.shape[:2] == IDS.shape
 
 
-def test_host_checked_leaves_traced_checks_out(models):
-    """Traced inside `core.modeling.host_checked()` (callers that checked on the host, as `generate`), a program has
-    no check effect, so JAX's C++ dispatch fast path stays on; outside it the check is there (the test above)."""
-    from jaxformers.core.modeling import host_checked
-
-    _, model = models["gpt2"]
-    apply, params = jf.pure(model)
-
-    def traced(params, ids):  # a new function each time: JAX caches a function's traces by its arguments
-        return jax.make_jaxpr(lambda p, i: main_output(apply(p, i)))(params, ids)
-
-    ids = jnp.asarray(IDS)
-    assert traced(params, ids).effects  # the input check's effect
-    with host_checked():
-        assert not traced(params, ids).effects
-    assert traced(params, ids).effects  # (the context ended)
-
-
 # ---------------------------------------------------------------------------- token types, positions, lengths
 @pytest.mark.parametrize("value", [2, -1])
 def test_bert_token_type_ids_out_of_range(models, value):
