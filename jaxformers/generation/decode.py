@@ -78,8 +78,8 @@ def beam_fill_id(cfg: GenerationConfig) -> int:
 # Up to this many rows, and for at least this many new tokens, the decode loop stores kernels `[out, in]`: one-row
 # products stream them faster on XLA:CPU, but the reorder costs a transpose of the kernels each way per call, which
 # pays back only over many steps. Measured on a 2-core AMD EPYC (BENCHMARKS.md, issue 10): the reorder costs
-# 90-260 ms per call (GPT-2 small, a 125M Llama, bart-base) and saves 1-3 ms per step, even at ~90-110 steps;
-# t5-small's 512-wide products gain nothing per step at all.
+# 90-260 ms per call (GPT-2 small, a 125M Llama, bart-base) and saves 1-3 ms per step, so it breaks even after
+# ~90-110 steps; t5-small's 512-wide products gain nothing per step at all.
 OUT_FIRST_MAX_ROWS = 1
 OUT_FIRST_MIN_NEW_TOKENS = 128
 
