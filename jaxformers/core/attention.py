@@ -123,11 +123,14 @@ def make_mask(
     return out[:, None] if out.ndim == 3 else out  # [B, 1, T, S] or [B, N, T, S]
 
 
-def xla_attention(q, k, v, *, mask=None, bias=None, scale=None, softcap=None, dropout_rate=0.0, dropout_key=None):
+def xla_attention(q, k, v, *, mask=None, bias=None, scale=None, softcap=None, dropout_rate=0.0, dropout_key=None,
+                  dropout_queries: int | None = None):  # fmt: skip
     """Reference attention in plain XLA. mask: bool broadcastable to [B, N, T, S]; bias: additive, same shape.
 
     dropout_key (with dropout_rate > 0): inverted dropout of the probabilities `[B, N, T, S]`, after their cast to
-    the value dtype, as transformers does in training mode."""
+    the value dtype, as transformers does in training mode. dropout_queries: the T queries are the first T of this
+    many (a self-attention computed for its first queries only): the probabilities get the rows of that whole
+    attention's mask."""
     b, t, n, h = q.shape
     kh = k.shape[2]
     scale = h**-0.5 if scale is None else scale
@@ -141,7 +144,8 @@ def xla_attention(q, k, v, *, mask=None, bias=None, scale=None, softcap=None, dr
     if mask is not None:
         logits = jnp.where(mask, logits, MASK_VALUE)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    probs = dropout.dropout(probs, dropout_rate, dropout_key).reshape(b, kh, n // kh, t, -1)
+    full = None if dropout_queries is None else (b, n, dropout_queries, probs.shape[-1])
+    probs = dropout.dropout(probs, dropout_rate, dropout_key, full_shape=full).reshape(b, kh, n // kh, t, -1)
     out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
     return out.reshape(b, t, n, h)
 
@@ -163,6 +167,7 @@ def dot_product_attention(
     impl: Impl = "auto",
     dropout_rate: float = 0.0,
     dropout_key: jax.Array | None = None,
+    dropout_queries: int | None = None,
 ) -> jax.Array:
     """Attention over q `[B, T, N, H]`, k/v `[B, S, K, H]` -> `[B, T, N, H]`.
 
@@ -178,6 +183,9 @@ def dot_product_attention(
       dropout_rate / dropout_key: attention-probability dropout (HF's `attention_probs_dropout_prob`, `attn_pdrop`,
         `attention_dropout`); active only with a key (`core.dropout`: None when deterministic), and then computed
         on the XLA path whatever `impl` says (the kernels have no dropout).
+      dropout_queries: with dropout, the T queries are the first T of this many (self-attention computed for its
+        first queries only, `core.stack.run_layers`'s `last_rows`): their probabilities are dropped as the whole
+        attention's would be.
     """
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(f"attention expects q [B,T,N,H], k/v [B,S,K,H]; got {q.shape}, {k.shape}, {v.shape}")
@@ -210,6 +218,7 @@ def dot_product_attention(
     return xla_attention(
         q, k, v, mask=full_mask, bias=bias, scale=scale, softcap=softcap,
         dropout_rate=dropout_rate if drop else 0.0, dropout_key=dropout_key if drop else None,
+        dropout_queries=dropout_queries,
     )  # fmt: skip
 
 

@@ -55,13 +55,24 @@ def layer_keys(key: jax.Array | None, n: int) -> jax.Array | None:
     return None if key is None else jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
 
 
-def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
-    """Inverted dropout of `x` with probability `rate` (identity when `key` is None or `rate` is 0)."""
+def dropout(
+    x: jax.Array, rate: float, key: jax.Array | None, *, full_shape: tuple[int, ...] | None = None
+) -> jax.Array:
+    """Inverted dropout of `x` with probability `rate` (identity when `key` is None or `rate` is 0).
+
+    full_shape: `x` is the leading corner (`x[:a, :b, ...]`) of a tensor of this shape that the model computes only
+    in part (the last layer of an encoder whose head reads only the first token, `core.stack.run_layers`'s
+    `last_rows`); the mask is that whole tensor's, so the same entries are dropped as when it is computed whole."""
     if key is None or not rate:
         return x
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"dropout rate must lie in [0, 1), got {rate}")
-    keep = keep_mask(key, 1.0 - rate, x.shape)
+    if full_shape is None or tuple(full_shape) == x.shape:
+        keep = keep_mask(key, 1.0 - rate, x.shape)
+    else:
+        if len(full_shape) != x.ndim or any(a > b for a, b in zip(x.shape, full_shape)):
+            raise ValueError(f"dropout: shape {x.shape} is not a leading corner of full_shape {tuple(full_shape)}")
+        keep = keep_mask(key, 1.0 - rate, tuple(full_shape))[tuple(slice(0, n) for n in x.shape)]
     return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
 
 

@@ -115,14 +115,16 @@ class Attention(nnx.Module):
         self.impl = opts.attn_impl
         self.probs_rate, self.rate = cfg.attention_probs_dropout_prob, cfg.hidden_dropout_prob
 
-    def __call__(self, x, key_mask, key=None):
-        q, k, v = self.query(x), self.key(x), self.value(x)  # [B, T, N, H]
+    def __call__(self, x, key_mask, key=None, rows=None):
+        """rows: compute only the first `rows` positions' outputs (`core.stack.run_layers`' `last_rows`)."""
+        xq = x if rows is None else x[:, :rows]
+        q, k, v = self.query(xq), self.key(x), self.value(x)  # [B, T, N, H]
         o = attn.dot_product_attention(
-            q, k, v, key_mask=key_mask, impl=self.impl,
-            dropout_rate=self.probs_rate, dropout_key=dropout.fold(key, _ATTN_PROBS),
+            q, k, v, key_mask=key_mask, impl=self.impl, dropout_rate=self.probs_rate,
+            dropout_key=dropout.fold(key, _ATTN_PROBS), dropout_queries=None if rows is None else x.shape[1],
         )  # fmt: skip
-        o = dropout.dropout(self.output(o), self.rate, dropout.fold(key, _ATTN_OUT))
-        return self.LayerNorm(o + x)
+        o = dropout.dropout(self.output(o), self.rate, dropout.fold(key, _ATTN_OUT), full_shape=x.shape)
+        return self.LayerNorm(o + xq)
 
 
 class Layer(nnx.Module):
@@ -134,10 +136,10 @@ class Layer(nnx.Module):
         self.act = activation(cfg.hidden_act)
         self.rate = cfg.hidden_dropout_prob
 
-    def __call__(self, x, key_mask, key=None):
-        a = self.attention(x, key_mask, key)
+    def __call__(self, x, key_mask, key=None, rows=None):
+        a = self.attention(x, key_mask, key, rows)
         h = constrain(self.act(self.intermediate(a)), ACT_BTF)
-        h = dropout.dropout(self.output(h), self.rate, dropout.fold(key, _FFN_OUT))
+        h = dropout.dropout(self.output(h), self.rate, dropout.fold(key, _FFN_OUT), full_shape=x.shape)
         return constrain(self.output_LayerNorm(h + a), ACT_BTD)
 
 
@@ -146,13 +148,15 @@ class Encoder(nnx.Module):
         self.layer = Stacked(lambda r: Layer(cfg, opts=opts, rngs=r), cfg.num_hidden_layers, rngs=rngs)
         self.scan, self.remat = opts.scan_layers, opts.remat
 
-    def __call__(self, x, key_mask, keys=None):
-        """Run the layers (`keys`: per-layer dropout keys or None); returns `(x, per-layer outputs)`."""
+    def __call__(self, x, key_mask, keys=None, last_rows=None):
+        """Run the layers (`keys`: per-layer dropout keys or None); returns `(x, per-layer outputs)`.
+        last_rows: the last layer computes only the first `last_rows` positions (`core.stack.run_layers`)."""
 
-        def call(layer, h, kv, window, key):
-            return layer(h, key_mask, key), kv
+        def call(layer, h, kv, window, key, rows=None):
+            return layer(h, key_mask, key, rows), kv
 
-        x, hs, _ = run_layers(self.layer, x, call, cache=None, scan=self.scan, remat=self.remat, keys=keys)
+        x, hs, _ = run_layers(self.layer, x, call, cache=None, scan=self.scan, remat=self.remat, keys=keys,
+                              last_rows=last_rows)  # fmt: skip
         return x, hs
 
 
@@ -171,8 +175,12 @@ class BertModel(PreTrainedModel):
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
                  output_hidden_states: bool = False, deterministic: bool = True,
-                 dropout_rng=None) -> BaseModelOutput:  # fmt: skip
+                 dropout_rng=None, last_rows: int | None = None) -> BaseModelOutput:  # fmt: skip
         """Encode `input_ids [B, T]`; returns last_hidden_state `[B, T, D]` and pooler_output `[B, D]`.
+
+        last_rows (a jaxformers extension for heads that read only the first token): the last layer computes only
+        the first `last_rows` positions, so last_hidden_state is `[B, last_rows, D]`, with the values the whole
+        forward has there (the sequence-classification head passes 1).
 
         Ids, token types and positions are range-checked and T may not exceed max_position_embeddings, as in
         transformers (eagerly ValueError; under jit a checkify check, see `core.modeling`).
@@ -192,7 +200,7 @@ class BertModel(PreTrainedModel):
         x = constrain(self.embeddings(input_ids, token_type_ids, position_ids, dropout.fold(key, _EMBED)), ACT_BTD)
         emb = x
         keys = dropout.layer_keys(dropout.fold(key, _LAYERS), cfg.num_hidden_layers)
-        x, hs = self.encoder(x, attention_mask.astype(bool), keys)
+        x, hs = self.encoder(x, attention_mask.astype(bool), keys, last_rows)
         pooled = jnp.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
         return BaseModelOutput(
             last_hidden_state=x, pooler_output=pooled, hidden_states=(emb, *hs) if output_hidden_states else None
@@ -254,8 +262,10 @@ class BertForSequenceClassification(_BertHead):
                  output_hidden_states: bool = False, deterministic: bool = True,
                  dropout_rng=None) -> SequenceClassifierOutput:  # fmt: skip
         key = dropout.key_for(deterministic, dropout_rng)
+        # the pooler reads the first token only: the last layer computes just that row (unless all are returned)
         out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states=output_hidden_states,
-                        deterministic=key is None, dropout_rng=key)  # fmt: skip
+                        deterministic=key is None, dropout_rng=key,
+                        last_rows=None if output_hidden_states else 1)  # fmt: skip
         pooled = dropout.dropout(out.pooler_output, self.rate, dropout.fold(key, _HEAD))
         return SequenceClassifierOutput(logits=self.classifier(pooled), hidden_states=out.hidden_states)
 

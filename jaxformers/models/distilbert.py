@@ -107,10 +107,12 @@ class MultiHeadSelfAttention(nnx.Module):
         self.out_lin = Dense((n, h), d, axes=("heads", "head_dim", "embed"), opts=opts, rngs=rngs)
         self.impl, self.rate = opts.attn_impl, cfg.attention_dropout
 
-    def __call__(self, x, key_mask, key):
-        q, k, v = self.q_lin(x), self.k_lin(x), self.v_lin(x)  # [B, T, N, H]
+    def __call__(self, x, key_mask, key, rows=None):
+        """rows: compute only the first `rows` positions' outputs (`core.stack.run_layers`' `last_rows`)."""
+        q, k, v = self.q_lin(x if rows is None else x[:, :rows]), self.k_lin(x), self.v_lin(x)  # [B, T, N, H]
         o = attn.dot_product_attention(q, k, v, key_mask=key_mask, impl=self.impl, dropout_rate=self.rate,
-                                       dropout_key=key)  # fmt: skip
+                                       dropout_key=key,
+                                       dropout_queries=None if rows is None else x.shape[1])  # fmt: skip
         return self.out_lin(o)
 
 
@@ -120,9 +122,9 @@ class FFN(nnx.Module):
         self.lin2 = Dense(cfg.hidden_dim, cfg.dim, axes=("mlp", "embed"), opts=opts, rngs=rngs)
         self.act, self.rate = activation(cfg.activation), cfg.dropout
 
-    def __call__(self, x, key):
+    def __call__(self, x, key, full_shape=None):
         h = constrain(self.act(self.lin1(x)), ACT_BTF)
-        return dropout.dropout(self.lin2(h), self.rate, key)
+        return dropout.dropout(self.lin2(h), self.rate, key, full_shape=full_shape)
 
 
 class TransformerBlock(nnx.Module):
@@ -132,9 +134,10 @@ class TransformerBlock(nnx.Module):
         self.ffn = FFN(cfg, opts=opts, rngs=rngs)
         self.output_layer_norm = LayerNorm(cfg.dim, eps=LN_EPS, opts=opts, rngs=rngs)
 
-    def __call__(self, x, key_mask, key):
-        a = self.sa_layer_norm(self.attention(x, key_mask, dropout.fold(key, 0)) + x)
-        return constrain(self.output_layer_norm(self.ffn(a, dropout.fold(key, 1)) + a), ACT_BTD)
+    def __call__(self, x, key_mask, key, rows=None):
+        xq = x if rows is None else x[:, :rows]
+        a = self.sa_layer_norm(self.attention(x, key_mask, dropout.fold(key, 0), rows) + xq)
+        return constrain(self.output_layer_norm(self.ffn(a, dropout.fold(key, 1), x.shape) + a), ACT_BTD)
 
 
 class Transformer(nnx.Module):
@@ -142,12 +145,13 @@ class Transformer(nnx.Module):
         self.layer = Stacked(lambda r: TransformerBlock(cfg, opts=opts, rngs=r), cfg.n_layers, rngs=rngs)
         self.scan, self.remat = opts.scan_layers, opts.remat
 
-    def __call__(self, x, key_mask, key):
-        def call(layer, h, kv, window, k):
-            return layer(h, key_mask, k), kv
+    def __call__(self, x, key_mask, key, last_rows=None):
+        def call(layer, h, kv, window, k, rows=None):
+            return layer(h, key_mask, k, rows), kv
 
         keys = dropout.layer_keys(key, self.layer.n)
-        x, hs, _ = run_layers(self.layer, x, call, cache=None, scan=self.scan, remat=self.remat, keys=keys)
+        x, hs, _ = run_layers(self.layer, x, call, cache=None, scan=self.scan, remat=self.remat, keys=keys,
+                              last_rows=last_rows)  # fmt: skip
         return x, hs
 
 
@@ -163,8 +167,12 @@ class DistilBertModel(PreTrainedModel):
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
                  output_hidden_states: bool = False, deterministic: bool = True,
-                 dropout_rng=None) -> BaseModelOutput:  # fmt: skip
+                 dropout_rng=None, last_rows: int | None = None) -> BaseModelOutput:  # fmt: skip
         """Encode `input_ids [B, T]`; returns last_hidden_state `[B, T, D]` (DistilBERT has no pooler).
+
+        last_rows (a jaxformers extension for heads that read only the first token): the last layer computes only
+        the first `last_rows` positions, so last_hidden_state is `[B, last_rows, D]`, with the values the whole
+        forward has there (the sequence-classification head passes 1).
 
         Ids and positions are range-checked and T may not exceed max_position_embeddings, as in transformers
         (eagerly ValueError; under jit a checkify check, see `core.modeling`). DistilBERT has no token types:
@@ -180,7 +188,7 @@ class DistilBertModel(PreTrainedModel):
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask)
         emb = constrain(self.embeddings(input_ids, position_ids, dropout.fold(key, 0)), ACT_BTD)
-        x, hs = self.transformer(emb, attention_mask.astype(bool), dropout.fold(key, 1))
+        x, hs = self.transformer(emb, attention_mask.astype(bool), dropout.fold(key, 1), last_rows)
         return BaseModelOutput(last_hidden_state=x, hidden_states=(emb, *hs) if output_hidden_states else None)
 
 
@@ -189,11 +197,12 @@ class _DistilBertHead(PreTrainedModel):
     hf_prefix = "distilbert"
     base_attr = "distilbert"
 
-    def _encode(self, input_ids, attention_mask, position_ids, output_hidden_states, deterministic, key):
+    def _encode(self, input_ids, attention_mask, position_ids, output_hidden_states, deterministic, key,
+                last_rows=None):  # fmt: skip
         """The base model's output, with the base's dropout key (site 0 of the head's key)."""
         return self.distilbert(input_ids, attention_mask, position_ids=position_ids,
                                output_hidden_states=output_hidden_states, deterministic=deterministic,
-                               dropout_rng=dropout.fold(key, 0))  # fmt: skip
+                               dropout_rng=dropout.fold(key, 0), last_rows=last_rows)  # fmt: skip
 
 
 class VocabProjector(nnx.Module):
@@ -249,7 +258,9 @@ class DistilBertForSequenceClassification(_DistilBertHead):
                  output_hidden_states: bool = False, deterministic: bool = True,
                  dropout_rng=None) -> SequenceClassifierOutput:  # fmt: skip
         key = dropout.key_for(deterministic, dropout_rng)
-        out = self._encode(input_ids, attention_mask, position_ids, output_hidden_states, deterministic, key)
+        # the head reads token 0 only: the last layer computes just that row (unless all are returned)
+        out = self._encode(input_ids, attention_mask, position_ids, output_hidden_states, deterministic, key,
+                           None if output_hidden_states else 1)  # fmt: skip
         pooled = jnp.maximum(self.pre_classifier(out.last_hidden_state[:, 0]), 0)  # token 0, ReLU (HF)
         pooled = dropout.dropout(pooled, self.config.seq_classif_dropout, dropout.fold(key, 1))
         return SequenceClassifierOutput(logits=self.classifier(pooled), hidden_states=out.hidden_states)

@@ -144,11 +144,15 @@ class Attention(nnx.Module):
         self.impl = opts.attn_impl
         self.probs_rate, self.rate = cfg.attention_probs_dropout_prob, cfg.hidden_dropout_prob
 
-    def __call__(self, x, key_mask, key):
-        q, k, v = self.query(x), self.key(x), self.value(x)  # [B, T, N, H]
+    def __call__(self, x, key_mask, key, rows=None):
+        """rows: compute only the first `rows` positions' outputs (`core.stack.run_layers`' `last_rows`)."""
+        xq = x if rows is None else x[:, :rows]
+        q, k, v = self.query(xq), self.key(x), self.value(x)  # [B, T, N, H]
         o = attn.dot_product_attention(q, k, v, key_mask=key_mask, impl=self.impl, dropout_rate=self.probs_rate,
-                                       dropout_key=dropout.fold(key, 0))  # fmt: skip
-        return self.LayerNorm(dropout.dropout(self.output(o), self.rate, dropout.fold(key, 1)) + x)
+                                       dropout_key=dropout.fold(key, 0),
+                                       dropout_queries=None if rows is None else x.shape[1])  # fmt: skip
+        o = dropout.dropout(self.output(o), self.rate, dropout.fold(key, 1), full_shape=x.shape)
+        return self.LayerNorm(o + xq)
 
 
 class Layer(nnx.Module):
@@ -159,10 +163,10 @@ class Layer(nnx.Module):
         self.output_LayerNorm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, opts=opts, rngs=rngs)
         self.act, self.rate = activation(cfg.hidden_act), cfg.hidden_dropout_prob
 
-    def __call__(self, x, key_mask, key):
-        a = self.attention(x, key_mask, key)  # attention sites 0 and 1
+    def __call__(self, x, key_mask, key, rows=None):
+        a = self.attention(x, key_mask, key, rows)  # attention sites 0 and 1
         h = constrain(self.act(self.intermediate(a)), ACT_BTF)
-        out = dropout.dropout(self.output(h), self.rate, dropout.fold(key, 2))
+        out = dropout.dropout(self.output(h), self.rate, dropout.fold(key, 2), full_shape=x.shape)
         return constrain(self.output_LayerNorm(out + a), ACT_BTD)
 
 
@@ -171,12 +175,13 @@ class Encoder(nnx.Module):
         self.layer = Stacked(lambda r: Layer(cfg, opts=opts, rngs=r), cfg.num_hidden_layers, rngs=rngs)
         self.scan, self.remat = opts.scan_layers, opts.remat
 
-    def __call__(self, x, key_mask, key):
-        def call(layer, h, kv, window, k):
-            return layer(h, key_mask, k), kv
+    def __call__(self, x, key_mask, key, last_rows=None):
+        def call(layer, h, kv, window, k, rows=None):
+            return layer(h, key_mask, k, rows), kv
 
         keys = dropout.layer_keys(key, self.layer.n)
-        x, hs, _ = run_layers(self.layer, x, call, cache=None, scan=self.scan, remat=self.remat, keys=keys)
+        x, hs, _ = run_layers(self.layer, x, call, cache=None, scan=self.scan, remat=self.remat, keys=keys,
+                              last_rows=last_rows)  # fmt: skip
         return x, hs
 
 
@@ -196,8 +201,12 @@ class ElectraModel(PreTrainedModel):
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
                  output_hidden_states: bool = False, deterministic: bool = True,
-                 dropout_rng=None) -> BaseModelOutput:  # fmt: skip
+                 dropout_rng=None, last_rows: int | None = None) -> BaseModelOutput:  # fmt: skip
         """Encode `input_ids [B, T]`; returns last_hidden_state `[B, T, hidden_size]` (ELECTRA has no pooler).
+
+        last_rows (a jaxformers extension for heads that read only the first token): the last layer computes only
+        the first `last_rows` positions, so last_hidden_state is `[B, last_rows, D]`, with the values the whole
+        forward has there (the sequence-classification head passes 1).
 
         Ids, token types and positions are range-checked and T may not exceed max_position_embeddings, as in
         transformers (eagerly ValueError; under jit a checkify check, see `core.modeling`). hidden_states (with
@@ -218,7 +227,7 @@ class ElectraModel(PreTrainedModel):
         if self.embeddings_project is not None:
             x = self.embeddings_project(x)
         emb = constrain(x, ACT_BTD)
-        x, hs = self.encoder(emb, attention_mask.astype(bool), dropout.fold(key, 1))
+        x, hs = self.encoder(emb, attention_mask.astype(bool), dropout.fold(key, 1), last_rows)
         return BaseModelOutput(last_hidden_state=x, hidden_states=(emb, *hs) if output_hidden_states else None)
 
 
@@ -228,11 +237,11 @@ class _ElectraHead(PreTrainedModel):
     base_attr = "electra"
 
     def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, deterministic,
-                key):  # fmt: skip
+                key, last_rows=None):  # fmt: skip
         """The base model's output, with the base's dropout key (site 0 of the head's key)."""
         return self.electra(input_ids, attention_mask, token_type_ids, position_ids,
                             output_hidden_states=output_hidden_states, deterministic=deterministic,
-                            dropout_rng=dropout.fold(key, 0))  # fmt: skip
+                            dropout_rng=dropout.fold(key, 0), last_rows=last_rows)  # fmt: skip
 
 
 class DiscriminatorPredictions(nnx.Module):
@@ -340,8 +349,9 @@ class ElectraForSequenceClassification(_ElectraHead):
                  output_hidden_states: bool = False, deterministic: bool = True,
                  dropout_rng=None) -> SequenceClassifierOutput:  # fmt: skip
         key = dropout.key_for(deterministic, dropout_rng)
+        # the head reads token 0 only: the last layer computes just that row (unless all are returned)
         out = self._encode(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states,
-                           deterministic, key)  # fmt: skip
+                           deterministic, key, None if output_hidden_states else 1)  # fmt: skip
         logits = self.classifier(out.last_hidden_state, dropout.fold(key, 1))
         return SequenceClassifierOutput(logits=logits, hidden_states=out.hidden_states)
 

@@ -143,11 +143,15 @@ class Attention(nnx.Module):
         self.impl = opts.attn_impl
         self.probs_rate, self.rate = cfg.attention_probs_dropout_prob, cfg.hidden_dropout_prob
 
-    def __call__(self, x, key_mask, key):
-        q, k, v = self.query(x), self.key(x), self.value(x)  # [B, T, N, H]
+    def __call__(self, x, key_mask, key, rows=None):
+        """rows: compute only the first `rows` positions' outputs (`core.stack.run_layers`' `last_rows`)."""
+        xq = x if rows is None else x[:, :rows]
+        q, k, v = self.query(xq), self.key(x), self.value(x)  # [B, T, N, H]
         o = attn.dot_product_attention(q, k, v, key_mask=key_mask, impl=self.impl, dropout_rate=self.probs_rate,
-                                       dropout_key=dropout.fold(key, _ATTN_PROBS_SITE))  # fmt: skip
-        return self.LayerNorm(dropout.dropout(self.output(o), self.rate, dropout.fold(key, _ATTN_OUT_SITE)) + x)
+                                       dropout_key=dropout.fold(key, _ATTN_PROBS_SITE),
+                                       dropout_queries=None if rows is None else x.shape[1])  # fmt: skip
+        o = dropout.dropout(self.output(o), self.rate, dropout.fold(key, _ATTN_OUT_SITE), full_shape=x.shape)
+        return self.LayerNorm(o + xq)
 
 
 class Layer(nnx.Module):
@@ -159,10 +163,10 @@ class Layer(nnx.Module):
         self.act = activation(cfg.hidden_act)
         self.rate = cfg.hidden_dropout_prob
 
-    def __call__(self, x, key_mask, key):
-        a = self.attention(x, key_mask, key)
+    def __call__(self, x, key_mask, key, rows=None):
+        a = self.attention(x, key_mask, key, rows)
         h = constrain(self.act(self.intermediate(a)), ACT_BTF)
-        y = dropout.dropout(self.output(h), self.rate, dropout.fold(key, _MLP_OUT_SITE))
+        y = dropout.dropout(self.output(h), self.rate, dropout.fold(key, _MLP_OUT_SITE), full_shape=x.shape)
         return constrain(self.output_LayerNorm(y + a), ACT_BTD)
 
 
@@ -171,11 +175,12 @@ class Encoder(nnx.Module):
         self.layer = Stacked(lambda r: Layer(cfg, opts=opts, rngs=r), cfg.num_hidden_layers, rngs=rngs)
         self.scan, self.remat = opts.scan_layers, opts.remat
 
-    def __call__(self, x, key_mask, keys):
-        def call(layer, h, kv, window, key):
-            return layer(h, key_mask, key), kv  # an encoder: no KV cache, no sliding window
+    def __call__(self, x, key_mask, keys, last_rows=None):
+        def call(layer, h, kv, window, key, rows=None):
+            return layer(h, key_mask, key, rows), kv  # an encoder: no KV cache, no sliding window
 
-        x, hs, _ = run_layers(self.layer, x, call, cache=None, scan=self.scan, remat=self.remat, keys=keys)
+        x, hs, _ = run_layers(self.layer, x, call, cache=None, scan=self.scan, remat=self.remat, keys=keys,
+                              last_rows=last_rows)  # fmt: skip
         return x, hs
 
 
@@ -194,8 +199,12 @@ class RobertaModel(PreTrainedModel):
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
                  output_hidden_states: bool = False, deterministic: bool = True,
-                 dropout_rng=None) -> BaseModelOutput:  # fmt: skip
+                 dropout_rng=None, last_rows: int | None = None) -> BaseModelOutput:  # fmt: skip
         """Encode `input_ids [B, T]`; returns last_hidden_state `[B, T, D]` and pooler_output `[B, D]`.
+
+        last_rows (a jaxformers extension for heads that read only the first token): the last layer computes only
+        the first `last_rows` positions, so last_hidden_state is `[B, last_rows, D]`, with the values the whole
+        forward has there (the sequence-classification head passes 1).
 
         Default positions follow the pad tokens in `input_ids` (module docstring), so at most
         `max_position_embeddings - pad_token_id - 1` tokens fit; explicit `position_ids` index the table directly.
@@ -221,7 +230,7 @@ class RobertaModel(PreTrainedModel):
             self.embeddings(input_ids, token_type_ids, position_ids, dropout.fold(key, _EMBED_SITE)), ACT_BTD
         )
         keys = dropout.layer_keys(dropout.fold(key, _LAYERS_SITE), self.encoder.layer.n)
-        x, hs = self.encoder(emb, attention_mask.astype(bool), keys)
+        x, hs = self.encoder(emb, attention_mask.astype(bool), keys, last_rows)
         pooled = jnp.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
         return BaseModelOutput(
             last_hidden_state=x, pooler_output=pooled, hidden_states=(emb, *hs) if output_hidden_states else None
@@ -235,12 +244,12 @@ class _RobertaHead(PreTrainedModel):
     init_if_missing = ("pooler.",)
 
     def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, deterministic,
-                dropout_rng):  # fmt: skip
+                dropout_rng, last_rows=None):  # fmt: skip
         """The base model's output and the head's own dropout key (None when deterministic)."""
         key = dropout.key_for(deterministic, dropout_rng)
         out = self.roberta(input_ids, attention_mask, token_type_ids, position_ids,
                            output_hidden_states=output_hidden_states, deterministic=deterministic,
-                           dropout_rng=key)  # fmt: skip
+                           dropout_rng=key, last_rows=last_rows)  # fmt: skip
         return out, dropout.fold(key, _HEAD_SITE)
 
 
@@ -310,8 +319,9 @@ class RobertaForSequenceClassification(_RobertaHead):
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
                  output_hidden_states: bool = False, deterministic: bool = True,
                  dropout_rng=None) -> SequenceClassifierOutput:  # fmt: skip
+        # the head reads the <s> token only: the last layer computes just that row (unless all are returned)
         out, key = self._encode(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states,
-                                deterministic, dropout_rng)  # fmt: skip
+                                deterministic, dropout_rng, None if output_hidden_states else 1)  # fmt: skip
         return SequenceClassifierOutput(logits=self.classifier(out.last_hidden_state, key),
                                         hidden_states=out.hidden_states)  # fmt: skip
 

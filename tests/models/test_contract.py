@@ -278,3 +278,49 @@ def test_masked_lm_logits_at_positions_equal_the_full_forward(model_type):
     np.testing.assert_allclose(part, np.take_along_axis(full, positions[:, :, None], axis=1), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="logits_positions"):
         model(ids, logits_positions=np.array([[9], [0]]))
+
+
+
+# heads that read only the first token: their last layer computes that row alone (`core.stack.run_layers`' last_rows)
+FIRST_TOKEN_HEADS = ("bert", "roberta", "xlm-roberta", "electra", "distilbert")
+
+
+@pytest.mark.parametrize("model_type,scan", [(mt, False) for mt in FIRST_TOKEN_HEADS] + [("bert", True)])
+def test_first_token_classifier_equals_the_full_forward(model_type, scan):
+    """A first-token sequence classifier's logits and gradients, with and without dropout, scanned or unrolled,
+    equal those of the forward that computes every position of every layer (`output_hidden_states=True` needs
+    them all), and its base model's `last_rows=1` output is the full one's first row. Unrolled, the program must
+    cost measurably fewer flops (XLA's count takes both branches of the scanned form's `cond`)."""
+    assert all("sequence-classification" in models.architecture(mt).tasks(mt) for mt in FIRST_TOKEN_HEADS)
+    cfg = models.config_class(model_type).from_hf({"model_type": model_type, **_TINY_MLM, "num_labels": 3})
+    model = models.architecture(model_type).tasks(model_type)["sequence-classification"](
+        cfg, options=jf.Options(scan_layers=scan), rngs=nnx.Rngs(0)
+    )
+    graphdef, state = nnx.split(model)
+    ids = np.random.RandomState(1).randint(3, 97, (3, 10)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[1, 6:] = mask[2, 2:] = 0
+
+    def logits(state, every_row, key):
+        m = nnx.merge(graphdef, state)
+        return m(ids, mask, output_hidden_states=every_row, deterministic=key is None, dropout_rng=key).logits
+
+    @jax.jit
+    def both(state, key):
+        out = {}
+        for r in (False, True):
+            out[r] = (logits(state, r, None), *jax.value_and_grad(lambda s, r=r: logits(s, r, key).sum())(state))
+        return out
+
+    out = both(state, jax.random.key(7))
+    for a, b in zip(jax.tree.leaves(out[False]), jax.tree.leaves(out[True])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    base = getattr(model, model.base_attr)
+    first = base(ids, mask, last_rows=1).last_hidden_state
+    assert first.shape == (3, 1, cfg.hidden_size if model_type != "distilbert" else cfg.dim)
+    np.testing.assert_allclose(np.asarray(first), np.asarray(base(ids, mask).last_hidden_state[:, :1]), atol=1e-5)
+    if not scan:
+        cost = [jax.jit(lambda s, r=r: logits(s, r, None)).lower(state).compile().cost_analysis()
+                for r in (False, True)]
+        part, full = (float((c[0] if isinstance(c, list) else c)["flops"]) for c in cost)
+        assert part < 0.9 * full, (part, full)  # 2 layers of 10 positions: the last one's work on 1 of 10 rows
