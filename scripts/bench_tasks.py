@@ -14,6 +14,12 @@ subprocess from the `.venv/tf4` overlay that `scripts/setup_env.sh --test` insta
 
 Printed per task: jaxformers' first call (tracing + compilation + run) and warm time, the pipeline's times, and the
 ratios pipeline time / jaxformers warm time (> 1: jaxformers is faster). fp32 on CPU; torch uses its default threads.
+
+For the encoder tasks a last column, "ceiling", bounds what any implementation could reach on this host: the
+pipeline's time over the time the task's matrix products alone would take at the host's peak fp32 GEMM rate,
+measured in the same run (`peak_gemm_gflops`: the best of BERT-base's product shapes in XLA), with no padding and
+nothing else (`encoder_flops`: every token through every layer, fill-mask's head at one row per input). A target
+ratio above the ceiling cannot be met in fp32 on this host.
 """
 
 from __future__ import annotations
@@ -92,6 +98,40 @@ def build(task: str, root: Path) -> Path:
     return folder
 
 
+def encoder_flops(lengths, layers: int, d: int, f: int, vocab: int = 0) -> float:
+    """Multiply-add flops of a BERT-style encoder over inputs of `lengths` tokens, unpadded: per layer the q/k/v/o
+    and feed-forward products (2 T (4 D^2 + 2 D F)) and attention's two products (4 T^2 D); plus, when `vocab` is
+    given, a masked-LM head (D x D transform and D x vocab projection) at one row per input."""
+    total = sum(layers * (2 * t * (4 * d * d + 2 * d * f) + 4 * t * t * d) for t in lengths)
+    return float(total + len(lengths) * 2 * (d * d + d * vocab))
+
+
+def peak_gemm_gflops(d: int = 768, f: int = 3072, repeats: int = 10) -> float:
+    """The best fp32 GFLOP/s XLA reaches here on BERT-base's product shapes (2048 rows), best of `repeats`."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    best = 0.0
+    for k, n in ((d, d), (d, f), (f, d)):
+        a = jnp.asarray(np.random.RandomState(0).randn(2048, k).astype(np.float32))
+        b = jnp.asarray(np.random.RandomState(1).randn(k, n).astype(np.float32))
+        dot = jax.jit(jnp.dot)
+        dot(a, b).block_until_ready()
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            dot(a, b).block_until_ready()
+            best = max(best, 2 * 2048 * k * n / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def token_lengths(task: str, tok, inputs) -> list[int]:
+    """Tokens per input as the model sees them (special tokens included; QA: question and context as one pair)."""
+    if task == "question-answering":
+        return [len(tok(x["question"], x["context"], return_tensors=None)["input_ids"]) for x in inputs]
+    return [len(tok(x, return_tensors=None)["input_ids"]) for x in inputs]
+
+
 def inputs_for(task: str, tok, n: int):
     if task == "question-answering":
         qs = texts(tok, n, 8, 16, seed=1)
@@ -152,7 +192,10 @@ def main():
 
     print(cpu_line())
     print(f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), {args.n} inputs\n")
-    print(f"{'task':<22}{'jf first s':>11}{'jf warm s':>10}{'pipe s':>9}{'pipe b8 s':>10}{'ratio':>7}{'ratio b8':>9}")
+    peak = peak_gemm_gflops()
+    print(f"peak fp32 GEMM (XLA, BERT-base product shapes): {peak:.0f} GFLOP/s\n")
+    print(f"{'task':<22}{'jf first s':>11}{'jf warm s':>10}{'pipe s':>9}{'pipe b8 s':>10}{'ratio':>7}{'ratio b8':>9}"
+          f"{'ceiling':>9}")  # fmt: skip
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:
@@ -169,9 +212,16 @@ def main():
             pipe1 = time_pipeline(task, folder, inputs, 1)
             pipe8 = time_pipeline(task, folder, inputs, args.batch_size)
             row = {"task": task, "jf_first": first, "jf_warm": warm, "pipe": pipe1, "pipe_b8": pipe8}
+            if task in HEADS:  # the encoder tasks: the best ratio this host's GEMM rate allows
+                b = BERT_BASE
+                flops = encoder_flops(token_lengths(task, run.tokenizer, inputs), b["num_hidden_layers"],
+                                      b["hidden_size"], b["intermediate_size"],
+                                      b["vocab_size"] if task == "fill-mask" else 0)  # fmt: skip
+                row |= {"gflop": flops / 1e9, "ceiling": pipe1 / (flops / 1e9 / peak)}
             rows.append(row)
+            ceiling = f"{row['ceiling']:>9.2f}" if "ceiling" in row else f"{'-':>9}"
             print(f"{task:<22}{first:>11.2f}{warm:>10.2f}{pipe1:>9.2f}{pipe8:>10.2f}{pipe1 / warm:>7.2f}"
-                  f"{pipe8 / warm:>9.2f}", flush=True)  # fmt: skip
+                  f"{pipe8 / warm:>9.2f}{ceiling}", flush=True)  # fmt: skip
     return rows
 
 
